@@ -1,0 +1,14 @@
+"""captum-invert: which inputs does a trained classifier map to a given class distribution?
+
+Captum-style inversion methods (subclasses of ``captum.attr.Attribution``)::
+
+    from captum_invert import BackwardPassInversion
+    x = BackwardPassInversion(model).attribute(target=3, n_samples=64, seed=0)
+"""
+from ._core import BackwardPassInversion, InversionError, InversionMethod
+from .blocks import register_activation
+
+__version__ = "0.1.0"
+
+__all__ = ["BackwardPassInversion", "InversionError", "InversionMethod", "register_activation",
+           "__version__"]

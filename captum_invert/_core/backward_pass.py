@@ -1,0 +1,495 @@
+"""BackwardPassInversion: the seed paper's analytic back-pass (BACKPASSINV), made feasible on
+deep nets by anchoring it on a root of the network."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..blocks.activations import ElementwiseInverse, get_inverse, interior, registered_types
+from ..blocks.linear import LinearInverse, linear_inverse
+from ..blocks.plan import LeafTrace, model_mode_guard
+from ..solvers.lm import levenberg_marquardt
+from .base import (
+    Goal, InversionMethod, _check_pos, _check_prob, count_reasons, make_generator, random_starts,
+)
+
+__all__ = ["BackwardPassInversion"]
+
+_Elem = Tuple[str, nn.Module, ElementwiseInverse]
+_NOT_INVERTIBLE_HINT = {
+    nn.ReLU: "ReLU maps every negative input to 0, so it has no inverse",
+    nn.ReLU6: "ReLU6 clips, so it has no inverse",
+    nn.Hardtanh: "Hardtanh clips, so it has no inverse",
+    nn.GELU: "GELU is not monotone",
+    nn.SiLU: "SiLU is not monotone",
+}
+
+
+@dataclass
+class _Layer:
+    name: str
+    linear: nn.Linear
+    inv: LinearInverse
+    post: List[_Elem] = field(default_factory=list)
+
+
+def _push_box(lo: Tensor, hi: Tensor, elems: Sequence[_Elem], margin: float):
+    """Image of the box (lo, hi) under the elementwise modules; with ``margin`` each bounded
+    activation range is shrunk by :func:`interior` first."""
+    for _, m, e in elems:
+        a, b = e.forward(m, lo), e.forward(m, hi)
+        lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+        if margin > 0:
+            lm, hm = interior(e, m, margin, lo)
+            lo, hi = torch.maximum(lo, lm), torch.minimum(hi, hm)
+    return lo, hi
+
+
+class _Chain:
+    """A model proven to be ``pre-elementwise -> [Linear -> elementwise*]+ -> (log)softmax?``."""
+
+    def __init__(self, pre: List[_Elem], layers: List[_Layer], device) -> None:
+        self.pre, self.layers, self.device = pre, layers, device
+        self.boxes = []  # per layer: (lo, hi, lo_m, hi_m) of the Linear's input, or None for layer 0
+        self.margin = None
+
+    def set_boxes(self, margin: float, input_range) -> None:
+        self.margin = margin
+        self.boxes = []
+        f64 = dict(dtype=torch.float64, device=self.device)
+        for k, layer in enumerate(self.layers):
+            n = layer.linear.in_features
+            if k == 0:
+                if input_range is None:
+                    lo, hi = torch.full((n,), -math.inf, **f64), torch.full((n,), math.inf, **f64)
+                else:
+                    lo = torch.full((n,), float(input_range[0]), **f64)
+                    hi = torch.full((n,), float(input_range[1]), **f64)
+                elems = self.pre
+            else:
+                lo, hi = torch.full((n,), -math.inf, **f64), torch.full((n,), math.inf, **f64)
+                elems = self.layers[k - 1].post
+            t = _push_box(lo, hi, elems, 0.0)
+            mgn = _push_box(lo, hi, elems, margin)
+            self.boxes.append((*t, *mgn))
+        out = torch.full((self.layers[-1].linear.out_features,), math.inf, **f64)
+        self.out_box = (*_push_box(-out, out, self.layers[-1].post, 0.0),
+                        *_push_box(-out, out, self.layers[-1].post, margin))
+
+    def forward64(self, x: Tensor):
+        """Float64 pass: returns the inputs of every Linear and the output (pre-softmax)."""
+        h = x.reshape(len(x), -1).to(dtype=torch.float64, device=self.device)
+        for _, m, e in self.pre:
+            h = e.forward(m, h)
+        refs = []
+        for layer in self.layers:
+            refs.append(h)
+            h = h @ layer.inv.weight.T + layer.inv.bias
+            for _, m, e in layer.post:
+                h = e.forward(m, h)
+        return refs, h
+
+    @staticmethod
+    def invert_elems(elems: Sequence[_Elem], y: Tensor, bad: Tensor, why: List[str]):
+        """Invert elementwise modules (last first); samples with a value outside a module's
+        range are flagged in ``bad`` with the module named in ``why``."""
+        for name, m, e in reversed(elems):
+            lo, hi = (t.to(y) for t in e.output_range(m))
+            out = ~((y > lo) & (y < hi)).all(1) & ~bad
+            for i in out.nonzero().squeeze(1).tolist():
+                why[i] = (f"a value left the range ({float(lo.min()):.4g}, {float(hi.max()):.4g}) "
+                          f"of '{name}' ({type(m).__name__}), so its inverse is undefined")
+            bad |= out
+            y = e.inverse(m, torch.where(bad[:, None], torch.zeros((), dtype=y.dtype, device=y.device)
+                                         .expand_as(y) + e.forward(m, torch.zeros((), dtype=y.dtype,
+                                                                                  device=y.device)), y))
+        return y
+
+
+class BackwardPassInversion(InversionMethod):
+    r"""Analytic backward-pass inversion of a chain of Linear layers and invertible activations
+    (BACKPASSINV of the seed paper, "Inverting Neural Networks", seed 000).
+
+    For a target distribution ``p`` the network output must be ``log p + c`` for some constant
+    ``c`` (softmax is invertible up to a constant). Each activation is inverted exactly on its
+    range (:mod:`captum_invert.blocks.activations`), each ``Linear`` ``a = W h + b`` by the SVD
+    pseudo-inverse with singular values below ``sigma_1 / cond_num`` zeroed, plus a random vector
+    of its null space (``std`` times the norm of the pseudo-inverse solution), so that one target
+    yields many inputs.
+
+    How a sample is made:
+
+    1. *Analytic pass* (the paper's algorithm). ``c`` is chosen so that the output lies inside
+       the last activation's range with a ``margin`` and the pseudo-inverse preimage of the last
+       Linear has the smallest norm. Walking down, each null-space vector is shortened along
+       its ray so the layer's input stays inside the next activation inverse's domain (and, at
+       the input, inside ``input_range``, by alternating projections). On shallow nets this
+       verifies directly.
+    2. *Anchored pass*, for the samples the analytic pass cannot make. On deep nets the target
+       is usually not in the image of the deeper layers: a layer-by-layer pass then leaves an
+       activation's domain, whatever null-space vector it picks. A root ``x*`` of the whole net
+       is found by damped Newton / Levenberg-Marquardt steps from a random start (one residual
+       for a class target, ``log p_t(x) = log aim``; C residuals for a distribution). Then the
+       back-pass runs again through the layers, now projecting the root's own activations onto
+       each preimage: every null-space vector keeps the output exactly, and because the anchor
+       lies inside every domain it can be shortened until the sample does too. If a lower layer
+       still leaves its domain, the noise of that sample is scaled down (1, 1/4, 1/16, 0).
+    3. *Verification*: every sample goes through the caller's model (its dtype, its device);
+       failures are retried from new starts ``max_retries`` times, then
+       :class:`~captum_invert.InversionError` says how many verified and why the others did not
+       (which layer, which constraint).
+
+    Linear layers that are not of full row rank after the cap (expanding layers, e.g. 64 -> 512)
+    cannot reach every target; no null-space noise is added above the lowest of them, so the
+    anchor's output is kept exactly.
+
+    Args:
+        forward_func (nn.Module): a chain of ``Flatten``, ``Linear``, registered activations
+            (SELU, LeakyReLU, ELU, CELU, PReLU, Tanh, Sigmoid, Softplus, Identity), ``Dropout``
+            and ``BatchNorm1d`` (run in eval mode), optionally ending in ``Softmax`` or
+            ``LogSoftmax``. Anything else (ReLU included) raises a ``ValueError`` pointing to
+            :class:`~captum_invert.ForwardPassInversion`.
+        input_shape (tuple of int, optional): shape of one input; see
+            :class:`~captum_invert._core.base.InversionMethod`.
+    """
+
+    def _chain(self, trace: LeafTrace, cond_num: float) -> _Chain:
+        model = self.forward_func
+        name = type(model).__name__
+        if not isinstance(model, nn.Module):
+            raise ValueError("BackwardPassInversion needs an nn.Module (it reads the layers); "
+                             "use ForwardPassInversion for a plain callable")
+        if not trace.composes:
+            raise ValueError(
+                f"BackwardPassInversion needs a model that is a chain of modules, but running the "
+                f"leaf modules that {name} executes, in order, does not reproduce its output "
+                "(functional code such as F.relu or a residual addition in forward()?). Use "
+                "ForwardPassInversion, which works on any differentiable model."
+            )
+        calls = list(trace.calls)
+        if calls and isinstance(calls[-1].module, (nn.Softmax, nn.LogSoftmax)):
+            calls = calls[:-1]
+        _, device = self._model_dtype_device()
+        pre: List[_Elem] = []
+        layers: List[_Layer] = []
+        for c in calls:
+            m = c.module
+            if isinstance(m, nn.Flatten):
+                if layers and c.in_shape != c.out_shape:
+                    raise ValueError(f"'{c.name}' (Flatten) reshapes between Linear layers; not supported")
+                continue
+            if isinstance(m, nn.Linear):
+                if len(c.in_shape) != 2:
+                    raise ValueError(
+                        f"'{c.name}' (Linear) is applied to a tensor of shape {c.in_shape}; "
+                        "BackwardPassInversion needs (N, features). Use ForwardPassInversion."
+                    )
+                layers.append(_Layer(c.name, m, linear_inverse(m, cond_num, device)))
+                continue
+            entry = get_inverse(m)
+            if entry is None:
+                hint = _NOT_INVERTIBLE_HINT.get(type(m), "it is neither nn.Linear nor a registered "
+                                                "invertible elementwise module")
+                if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
+                    hint = "softmax is supported only as the last module"
+                known = ", ".join(sorted(t.__name__ for t in registered_types()))
+                raise ValueError(
+                    f"BackwardPassInversion cannot invert module '{c.name}' ({type(m).__name__}): "
+                    f"{hint}. Invertible modules: Linear, Flatten, {known} "
+                    "(add one with captum_invert.blocks.register_activation). "
+                    "Use ForwardPassInversion, which works on any differentiable model."
+                )
+            try:
+                entry.check(m)
+            except ValueError as e:
+                raise ValueError(f"module '{c.name}': {e}. Use ForwardPassInversion.") from None
+            (layers[-1].post if layers else pre).append((c.name, m, entry))
+        if not layers:
+            raise ValueError(f"BackwardPassInversion found no nn.Linear in {name}")
+        n0 = layers[0].linear.in_features
+        if math.prod(self.input_shape) != n0:
+            raise ValueError(f"`input_shape` {self.input_shape} holds {math.prod(self.input_shape)} "
+                             f"values but the first Linear takes {n0}")
+        return _Chain(pre, layers, device)
+
+    # --- the analytic pieces ------------------------------------------------------------
+    @staticmethod
+    def _output_target(chain: _Chain, P: Tensor, atol: float):
+        """Logits ``log P + c`` with ``c`` inside the last activation's range (with margin) and
+        minimizing the norm of the last Linear's pseudo-inverse preimage. Returns ``(z, ok)``."""
+        P = P.clamp_min(atol / (2 * P.shape[1]))
+        logp = (P / P.sum(1, keepdim=True)).log()
+        lo, hi, lo_m, hi_m = chain.out_box
+        c_min = (lo_m - logp).amax(1)
+        c_max = (hi_m - logp).amin(1)
+        ok = c_min < c_max
+        spread = (logp.amax(1) - logp.amin(1)) * 2 + 2
+        centre = -logp.mean(1)
+        a = torch.where(torch.isfinite(c_min), c_min, torch.where(torch.isfinite(c_max), c_max - spread, centre - spread))
+        b = torch.where(torch.isfinite(c_max), c_max, torch.where(torch.isfinite(c_min), c_min + spread, centre + spread))
+        b = torch.where(ok, b, a + 1)
+        last = chain.layers[-1]
+        bad = torch.zeros(len(P), dtype=torch.bool, device=P.device)
+
+        def cost(c):
+            z = logp + c[:, None]
+            y = _Chain.invert_elems(last.post, z, bad.clone(), [""] * len(z))
+            return last.inv.solve(y).norm(dim=1)
+
+        g = (math.sqrt(5) - 1) / 2
+        for _ in range(40):  # golden section, batched
+            x1, x2 = b - g * (b - a), a + g * (b - a)
+            left = cost(x1) < cost(x2)
+            a, b = torch.where(left, a, x1), torch.where(left, x2, b)
+        c = (a + b) / 2
+        return logp + c[:, None], ok
+
+    @staticmethod
+    def _walk(chain: _Chain, y_out: Tensor, refs: Optional[List[Tensor]], scale: Tensor,
+              std: float, gen: torch.Generator, input_range):
+        """Walk down from the output ``y_out`` (B, C). ``refs[k]`` is the point each preimage of
+        Linear k is projected from (None: the minimum-norm solution). ``scale`` (B,) multiplies
+        the null-space noise. Returns ``(x_flat, bad, why)``."""
+        B = len(y_out)
+        bad = torch.zeros(B, dtype=torch.bool, device=y_out.device)
+        why = [""] * B
+        L = len(chain.layers)
+        deficient = [k for k, l in enumerate(chain.layers) if not l.inv.full_row_rank]
+        top_noise = min(deficient) if deficient else L - 1
+        y = y_out
+        for k in reversed(range(L)):
+            layer, inv = chain.layers[k], chain.layers[k].inv
+            a = _Chain.invert_elems(layer.post, y, bad, why)
+            mn = inv.solve(a)
+            if refs is None:
+                base = mn
+            else:
+                ref = refs[k]
+                base = ref + (a - (ref @ inv.weight.T + inv.bias)) @ inv.pinv.T
+            d = inv.null.shape[1]
+            if d and std > 0 and k <= top_noise:
+                coef = torch.randn((B, d), generator=gen, dtype=torch.float64).to(base.device)
+                coef *= (std * mn.norm(dim=1, keepdim=True) / math.sqrt(d)) * scale[:, None]
+                v = coef @ inv.null.T
+            else:
+                v = torch.zeros_like(base)
+            lo, hi, lo_m, hi_m = chain.boxes[k]
+            if k == 0 and input_range is not None:
+                h = BackwardPassInversion._box_affine(base + v, lo, hi, inv, a)
+                viol = (h - h.clamp(lo, hi)).abs().amax(1) > 0
+                h = h.clamp(lo, hi)
+                out = viol & ~bad
+                for i in out.nonzero().squeeze(1).tolist():
+                    why[i] = ("no point of the first Linear's preimage was found inside "
+                              f"`input_range` {tuple(input_range)}")
+                bad |= out
+            else:
+                inside = ((base > lo) & (base < hi)).all(1) | (k == 0)
+                out = ~inside & ~bad
+                for i in out.nonzero().squeeze(1).tolist():
+                    why[i] = (f"the preimage of '{layer.name}' (Linear) left the range of the "
+                              f"activation below it (the domain of its inverse)")
+                bad |= out
+                lo_e, hi_e = torch.minimum(lo_m, base), torch.maximum(hi_m, base)
+                with torch.no_grad():
+                    up = torch.where(v > 0, (hi_e - base) / v, torch.full_like(v, math.inf))
+                    dn = torch.where(v < 0, (lo_e - base) / v, torch.full_like(v, math.inf))
+                    s = torch.minimum(up, dn).amin(1).clamp(0.0, 1.0).nan_to_num(0.0)
+                h = base + s[:, None] * v
+            y = h
+        x = _Chain.invert_elems(chain.pre, y, bad, why)
+        return x, bad, why
+
+    @staticmethod
+    def _box_affine(h: Tensor, lo: Tensor, hi: Tensor, inv: LinearInverse, a: Tensor,
+                    iters: int = 60) -> Tensor:
+        """Alternating projections between the box and ``{h : h W^T + b = a}``; ends on the
+        affine set (the caller clamps and verifies)."""
+        t = a - inv.bias
+        for _ in range(iters):
+            c = h.clamp(lo, hi)
+            if bool((c == h).all()):
+                break
+            h = c + (t - c @ inv.weight.T) @ inv.pinv.T
+        return h
+
+    # --- the public call -----------------------------------------------------------------
+    def attribute(
+        self,
+        inputs: Optional[Tensor] = None,
+        target=None,
+        n_samples: Optional[int] = None,
+        std: float = 0.1,
+        cond_num: float = 100.0,
+        seed=None,
+        input_range: Optional[Tuple[float, float]] = None,
+        min_prob: float = 0.9,
+        atol: float = 0.02,
+        margin: float = 0.05,
+        max_iter: int = 50,
+        max_retries: int = 3,
+        init_std: float = 1.0,
+        return_convergence_delta: bool = False,
+        allow_unverified: bool = False,
+    ):
+        r"""Generate inputs that the model maps to ``target``.
+
+        Args:
+            inputs (Tensor, optional): ``(N, *input_shape)`` starting points of the anchor
+                solve (step 2); default random: uniform in ``input_range`` when given, else
+                ``N(0, init_std^2)``.
+            target (int, sequence of int, or Tensor): a class index (probability >=
+                ``min_prob``), one class per sample, or a class distribution ``(C,)`` /
+                ``(N, C)`` (max-abs difference <= ``atol``).
+            n_samples (int, optional): number of samples (default: 1, or the length of a
+                per-sample ``target`` / of ``inputs``).
+            std (float): null-space noise, relative to the norm of each Linear's
+                pseudo-inverse solution (the paper's ``std``). 0 gives minimum-norm preimages.
+            cond_num (float): cap on each Linear's condition number (> 1).
+            seed (int or torch.Generator, optional): makes the result reproducible.
+            input_range (tuple of float, optional): ``(lo, hi)``; every returned input lies in it.
+            min_prob (float): for class targets, the probability the class must reach.
+            atol (float): for distribution targets, the max-abs tolerance.
+            margin (float): in (0, 0.5); each bounded activation range is shrunk by this fraction
+                of the distance from its value at 0 to its asymptote when sampling null-space
+                noise and choosing the softmax constant (keeps samples out of saturation).
+            max_iter (int): Levenberg-Marquardt iterations of each anchor solve.
+            max_retries (int): new random starts for samples that fail.
+            init_std (float): standard deviation of random starts without ``input_range``.
+            return_convergence_delta (bool): also return the per-sample delta.
+            allow_unverified (bool): return failed samples too instead of raising.
+
+        Returns:
+            Tensor or (Tensor, Tensor): inputs ``(N, *input_shape)`` in the model's dtype and
+            device; with ``return_convergence_delta``, also ``delta`` ``(N,)``: the max-abs gap
+            between the model's probabilities and the aimed-at distribution (``1 - p_target``
+            for a class target).
+
+        Raises:
+            ValueError: a bad argument, or a model that is not an invertible chain.
+            InversionError: some samples did not verify (and ``allow_unverified`` is False).
+        """
+        if not (isinstance(std, (int, float)) and not isinstance(std, bool) and std >= 0 and math.isfinite(std)):
+            raise ValueError(f"`std` must be a finite float >= 0, got {std!r}")
+        if isinstance(cond_num, bool) or not isinstance(cond_num, (int, float)) or not cond_num > 1:
+            raise ValueError(f"`cond_num` must be a number > 1 (inf allowed), got {cond_num!r}")
+        _check_prob("margin", margin, 0.0, 0.5)
+        _check_pos("max_iter", max_iter, allow_zero=True, integer=True)
+        _check_pos("max_retries", max_retries, allow_zero=True, integer=True)
+        _check_pos("init_std", init_std)
+        input_range = self._check_range(input_range)
+        n_inputs = None
+        if inputs is not None:
+            if not isinstance(inputs, Tensor) or tuple(inputs.shape[1:]) != self.input_shape:
+                raise ValueError(f"`inputs` must be a tensor of shape (N, {', '.join(map(str, self.input_shape))}), "
+                                 f"got {tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}")
+            n_inputs = len(inputs)
+        gen = make_generator(seed)
+        with model_mode_guard(self.forward_func):
+            kind, n_classes, trace = self._probe()
+            goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
+            chain = self._chain(trace, cond_num)
+            chain.set_boxes(margin, input_range)
+            return self._run(chain, kind, goal, std, gen, input_range, max_iter, max_retries,
+                             init_std, inputs, return_convergence_delta, allow_unverified)
+
+    def _run(self, chain, kind, goal: Goal, std, gen, input_range, max_iter, max_retries,
+             init_std, inputs, return_delta, allow_unverified):
+        dtype, device = self._model_dtype_device()
+        N = goal.n
+        shape = self.input_shape
+        P = goal.aim().to(chain.device)
+        # 1. analytic pass
+        z, ok_c = self._output_target(chain, P, goal.atol)
+        ones = torch.ones(N, dtype=torch.float64, device=chain.device)
+        x, bad, why = self._walk(chain, z, None, ones, std, gen, input_range)
+        for i in (~ok_c).nonzero().squeeze(1).tolist():
+            why[i] = "the target distribution is outside the range of the output activation"
+        x = x.reshape(N, *shape)
+        ok, delta, _ = self._verify(x, goal, kind, input_range)
+        ok &= ~(bad | ~ok_c).cpu()
+        for i in (~ok & torch.tensor([not w for w in why])).nonzero().squeeze(1).tolist():
+            why[i] = "the analytic pass did not verify (condition-number cap or rounding)"
+        why_analytic = list(why)
+        stats = {"analytic": int(ok.sum()), "anchored": 0, "anchor_failed": 0, "retries": 0}
+        # 2. anchored pass for the rest
+        log_stop = None
+        if goal.labels is not None:
+            aim_p = (1.0 + goal.min_prob) / 2
+            log_aim, log_stop = math.log(aim_p), math.log((aim_p + goal.min_prob) / 2)
+        for attempt in range(max_retries + 1):
+            todo = (~ok).nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            stats["retries"] = attempt
+            g = goal.subset(todo)
+            if attempt == 0 and inputs is not None:
+                x0 = inputs[todo].detach().to(dtype=dtype, device=device)
+            else:
+                x0 = random_starts(len(todo), shape, input_range, gen, init_std, dtype, device)
+            gl = g.to(device)
+            if g.labels is not None:
+                def res(xx, idx, gl=gl):
+                    lp = self.log_probs_from(self.forward_func(xx), kind)
+                    return (log_aim - lp.gather(1, gl.labels[idx][:, None]))
+
+                def done(xx, rr, idx):
+                    return (log_aim - rr.squeeze(1)) >= log_stop
+            else:
+                logP = gl.dist.to(dtype).clamp_min(goal.atol / (2 * goal.n_classes))
+                logP = (logP / logP.sum(1, keepdim=True)).log()
+
+                def res(xx, idx, logP=logP):
+                    return self.log_probs_from(self.forward_func(xx), kind) - logP[idx]
+
+                def done(xx, rr, idx, gl=gl):
+                    p = (rr + logP[idx]).exp()
+                    return (p - gl.dist[idx].to(p)).abs().amax(1) <= goal.atol / 2
+
+            sol = levenberg_marquardt(res, x0, max_iter=max_iter, done_fn=done, bounds=input_range)
+            # an anchor that already verifies is kept even if it stopped short of the aim
+            found = sol.done.cpu() | self._verify(sol.x, g, kind, input_range)[0]
+            stats["anchor_failed"] += int((~found).sum())
+            for j, i in enumerate(todo.tolist()):
+                if not found[j]:
+                    why[i] = (f"the Levenberg-Marquardt anchor solve did not reach the target in "
+                              f"{max_iter} iterations from {max_retries + 1} random start(s); "
+                              f"the analytic pass: {why_analytic[i]}")
+            idx_f = found.nonzero().squeeze(1)
+            if idx_f.numel() == 0:
+                continue
+            anchors = sol.x[idx_f.to(sol.x.device)]
+            rows = todo[idx_f]
+            refs, y_out = chain.forward64(anchors)
+            pending = torch.arange(len(rows))
+            for s in (1.0, 0.25, 0.0625, 0.0):
+                if pending.numel() == 0:
+                    break
+                sc = torch.full((len(pending),), s, dtype=torch.float64, device=chain.device)
+                pd = pending.to(chain.device)
+                xs, bad_s, why_s = self._walk(chain, y_out[pd], [r[pd] for r in refs], sc, std,
+                                              gen, input_range)
+                xs = xs.reshape(len(pending), *shape)
+                if s == 0.0:  # the anchor itself, verified by the model as every sample is
+                    xs = torch.where(bad_s.reshape(-1, *([1] * len(shape))).cpu(),
+                                     anchors[pending.to(anchors.device)].to(xs), xs.cpu())
+                    bad_s = torch.zeros_like(bad_s)
+                sub_goal = goal.subset(rows[pending])
+                ok_s, d_s, _ = self._verify(xs, sub_goal, kind, input_range)
+                ok_s &= ~bad_s.cpu()
+                for j in ok_s.nonzero().squeeze(1).tolist():
+                    i = int(rows[pending[j]])
+                    x[i], delta[i], ok[i], why[i] = xs[j].to(x), d_s[j], True, ""
+                for j in (~ok_s).nonzero().squeeze(1).tolist():
+                    i = int(rows[pending[j]])
+                    x[i], delta[i] = xs[j].to(x), d_s[j]
+                    why[i] = why_s[j] or "the anchored sample did not verify"
+                stats["anchored"] += int(ok_s.sum())
+                pending = pending[~ok_s]
+        self.last_stats = stats
+        return self._finish(x, ok, delta, count_reasons([w if not o else "" for w, o in zip(why, ok.tolist())]),
+                            allow_unverified, return_delta, "BackwardPassInversion")

@@ -1,0 +1,345 @@
+"""Shared machinery of every inversion method: target parsing, argument checks, the model guard,
+verification by the caller's model, convergence delta and :class:`InversionError`."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from captum.attr import Attribution
+from torch import Tensor, nn
+
+from ..blocks.plan import model_mode_guard, trace_leaf_modules
+
+__all__ = ["InversionError", "Goal", "InversionMethod", "make_generator", "random_starts"]
+
+TargetType = Union[int, Sequence[int], Tensor]
+
+
+class InversionError(RuntimeError):
+    """Raised when fewer samples verify than were requested.
+
+    Attributes:
+        n_verified (int): samples that did verify.
+        n_requested (int): samples asked for.
+        reasons (dict): ``reason -> number of samples`` for the failures (which layer, which
+            constraint).
+        partial (Tensor or None): the verified samples, ``(n_verified, *input_shape)``.
+        verified (Tensor or None): bool mask ``(n_requested,)`` of which requested samples verified.
+        result (Tensor or None): all samples, ``(n_requested, *input_shape)``, unverified ones
+            included (their values are the last attempt).
+        delta (Tensor or None): per-sample convergence delta of ``result``.
+    """
+
+    def __init__(self, message: str, n_verified: int = 0, n_requested: int = 0,
+                 reasons: Optional[Dict[str, int]] = None, result: Optional[Tensor] = None,
+                 verified: Optional[Tensor] = None, delta: Optional[Tensor] = None) -> None:
+        self.n_verified, self.n_requested = n_verified, n_requested
+        self.reasons = dict(reasons or {})
+        self.result, self.verified, self.delta = result, verified, delta
+        self.partial = result[verified] if result is not None and verified is not None else None
+        lines = [message, f"{n_verified} of {n_requested} samples verified."]
+        for r, k in sorted(self.reasons.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {k} sample(s): {r}")
+        super().__init__("\n".join(lines))
+
+
+def make_generator(seed) -> torch.Generator:
+    """A CPU generator from an int seed, a Generator (used as is) or None (fresh entropy)."""
+    if isinstance(seed, torch.Generator):
+        return seed
+    g = torch.Generator()
+    if seed is None:
+        g.seed()
+    elif isinstance(seed, int) and not isinstance(seed, bool):
+        g.manual_seed(seed)
+    else:
+        raise ValueError(f"`seed` must be an int, a torch.Generator or None, got {seed!r}")
+    return g
+
+
+def random_starts(n: int, shape: Tuple[int, ...], input_range, gen: torch.Generator,
+                  init_std: float = 1.0, dtype=torch.float32, device="cpu") -> Tensor:
+    """Random initial inputs: uniform in ``input_range`` when given, else ``N(0, init_std^2)``.
+
+    Drawn on the CPU from ``gen`` (reproducible on every device), then moved.
+    """
+    if input_range is not None:
+        lo, hi = input_range
+        x = torch.rand((n, *shape), generator=gen, dtype=torch.float64) * (hi - lo) + lo
+    else:
+        x = torch.randn((n, *shape), generator=gen, dtype=torch.float64) * init_std
+    return x.to(dtype=dtype, device=device)
+
+
+@dataclass
+class Goal:
+    """What each sample must reach.
+
+    Exactly one of ``labels`` (``(N,)`` int64: the class must get probability >= ``min_prob``)
+    and ``dist`` (``(N, C)``: max-abs difference of the probabilities <= ``atol``) is set.
+    """
+
+    labels: Optional[Tensor]
+    dist: Optional[Tensor]
+    n_classes: int
+    min_prob: float = 0.9
+    atol: float = 0.02
+
+    @property
+    def n(self) -> int:
+        return len(self.labels) if self.labels is not None else len(self.dist)
+
+    def subset(self, idx: Tensor) -> "Goal":
+        return Goal(None if self.labels is None else self.labels[idx.to(self.labels.device)],
+                    None if self.dist is None else self.dist[idx.to(self.dist.device)],
+                    self.n_classes, self.min_prob, self.atol)
+
+    def to(self, device) -> "Goal":
+        return Goal(None if self.labels is None else self.labels.to(device),
+                    None if self.dist is None else self.dist.to(device),
+                    self.n_classes, self.min_prob, self.atol)
+
+    def aim(self, dtype=torch.float64) -> Tensor:
+        """The distribution an analytic method aims at, ``(N, C)``: for a class, probability
+        ``(1 + min_prob) / 2`` on it and the rest spread evenly (a margin above ``min_prob``)."""
+        if self.dist is not None:
+            return self.dist.to(dtype)
+        dev = self.labels.device
+        p = (1.0 + self.min_prob) / 2.0
+        out = torch.full((self.n, self.n_classes), (1.0 - p) / max(self.n_classes - 1, 1),
+                         dtype=dtype, device=dev)
+        out[torch.arange(self.n, device=dev), self.labels] = p
+        return out
+
+    def delta(self, probs: Tensor) -> Tensor:
+        """Per-sample max-abs gap between ``probs`` ``(N, C)`` and the aimed-at distribution (the
+        one-hot of the class for a class target, i.e. ``1 - p_target``)."""
+        if self.labels is not None:
+            lab = self.labels.to(probs.device)
+            return 1.0 - probs.gather(1, lab[:, None]).squeeze(1)
+        return (probs - self.dist.to(probs)).abs().amax(1)
+
+    def ok(self, probs: Tensor) -> Tensor:
+        """Bool ``(N,)``: which samples meet the goal."""
+        d = self.delta(probs)
+        return d <= (1.0 - self.min_prob) if self.labels is not None else d <= self.atol
+
+
+def _check_prob(name, v, lo=0.0, hi=1.0):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo < v < hi):
+        raise ValueError(f"`{name}` must be a float in ({lo}, {hi}), got {v!r}")
+
+
+def _check_pos(name, v, allow_zero=False, integer=False):
+    ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok_type or not (v >= 0 if allow_zero else v > 0) or (
+        not integer and not math.isfinite(v)
+    ):
+        kind = "an int" if integer else "a finite number"
+        raise ValueError(f"`{name}` must be {kind} {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+
+
+class InversionMethod(Attribution):
+    """Base of the inversion methods (a Captum ``Attribution``).
+
+    Args:
+        forward_func (nn.Module or callable): the classifier; its output is taken as logits
+            unless its last executed module is ``nn.Softmax`` (probabilities) or
+            ``nn.LogSoftmax`` (log-probabilities).
+        input_shape (tuple of int, optional): shape of one input without the batch dimension.
+            Default: ``forward_func.input_shape`` if present, else ``(in_features,)`` of its first
+            ``nn.Linear``.
+    """
+
+    def __init__(self, forward_func, input_shape: Optional[Sequence[int]] = None) -> None:
+        if not callable(forward_func):
+            raise ValueError(f"`forward_func` must be a callable model, got {type(forward_func).__name__}")
+        super().__init__(forward_func)
+        self.input_shape = self._infer_input_shape(forward_func, input_shape)
+        self.last_stats: Dict[str, Any] = {}
+
+    # --- configuration --------------------------------------------------------------------
+    @staticmethod
+    def _infer_input_shape(model, input_shape) -> Tuple[int, ...]:
+        if input_shape is not None:
+            shape = tuple(input_shape) if not isinstance(input_shape, int) else (input_shape,)
+            if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+                raise ValueError(f"`input_shape` must be a tuple of positive ints, got {input_shape!r}")
+            return shape
+        shape = getattr(model, "input_shape", None)
+        if shape is not None:
+            return tuple(shape)
+        if isinstance(model, nn.Module):
+            for m in model.modules():
+                if isinstance(m, nn.Linear):
+                    return (m.in_features,)
+        raise ValueError("`input_shape` is required: it cannot be inferred from this model")
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    @property
+    def model(self):
+        return self.forward_func
+
+    def _model_dtype_device(self):
+        m = self.forward_func
+        if isinstance(m, nn.Module):
+            for p in m.parameters():
+                return p.dtype, p.device
+        return torch.get_default_dtype(), torch.device("cpu")
+
+    def _probe(self) -> Tuple[str, int, Any]:
+        """Run the model on two zero inputs (eval mode) and read its output kind and classes."""
+        dtype, device = self._model_dtype_device()
+        x = torch.zeros((2, *self.input_shape), dtype=dtype, device=device)
+        trace = None
+        try:
+            if isinstance(self.forward_func, nn.Module):
+                trace = trace_leaf_modules(self.forward_func, x)
+                out = trace.output
+            else:
+                with torch.no_grad():
+                    out = self.forward_func(x)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(
+                f"the model does not accept inputs of shape (N, {', '.join(map(str, self.input_shape))}) "
+                f"(`input_shape`={self.input_shape}): {type(e).__name__}: {e}"
+            ) from e
+        if not isinstance(out, Tensor) or out.dim() != 2:
+            raise ValueError(
+                "the model must return a tensor of shape (N, n_classes), got "
+                f"{type(out).__name__}{tuple(out.shape) if isinstance(out, Tensor) else ''}"
+            )
+        kind = "logits"
+        if trace is not None and trace.calls:
+            last = trace.calls[-1].module
+            if isinstance(last, nn.Softmax):
+                kind = "probs"
+            elif isinstance(last, nn.LogSoftmax):
+                kind = "log_probs"
+        return kind, out.shape[1], trace
+
+    @staticmethod
+    def log_probs_from(out: Tensor, kind: str) -> Tensor:
+        if kind == "probs":
+            return out.clamp_min(torch.finfo(out.dtype).tiny).log()
+        if kind == "log_probs":
+            return out
+        return torch.log_softmax(out, dim=1)
+
+    # --- arguments ------------------------------------------------------------------------
+    def _parse_target(self, target: TargetType, n_samples: Optional[int], n_classes: int,
+                      min_prob: float, atol: float, n_inputs: Optional[int] = None) -> Goal:
+        _check_prob("min_prob", min_prob)
+        _check_prob("atol", atol)
+        if n_samples is not None:
+            _check_pos("n_samples", n_samples, integer=True)
+        if n_inputs is not None and n_samples is not None and n_samples != n_inputs:
+            raise ValueError(f"`n_samples` ({n_samples}) differs from the number of `inputs` ({n_inputs})")
+        n = n_inputs if n_inputs is not None else n_samples
+        accepted = ("an int class index, a sequence of ints (one per sample), or a float tensor "
+                    "holding a class distribution of shape (C,) or (N, C)")
+        if target is None:
+            raise ValueError(f"`target` is required: {accepted}")
+        if isinstance(target, bool):
+            raise ValueError(f"`target` must be {accepted}, got a bool")
+        if isinstance(target, Tensor) and target.is_floating_point():
+            t = target.detach().to("cpu", torch.float64)
+            if t.dim() == 1:
+                t = t[None].expand(n or 1, -1)
+            if t.dim() != 2 or t.shape[1] != n_classes:
+                raise ValueError(f"`target` distribution must have shape ({n_classes},) or (N, {n_classes}), "
+                                 f"got {tuple(target.shape)}")
+            if n is not None and t.shape[0] != n:
+                raise ValueError(f"`target` has {t.shape[0]} rows but {n} samples were asked for")
+            if not torch.isfinite(t).all() or (t < 0).any() or not torch.allclose(
+                t.sum(1), torch.ones(len(t), dtype=t.dtype), atol=1e-4
+            ):
+                raise ValueError("`target` distribution must be finite, non-negative and sum to 1 per row")
+            return Goal(None, t.clone(), n_classes, min_prob, atol)
+        if isinstance(target, Tensor):
+            if target.dim() > 1:
+                raise ValueError(f"`target` class indices must be a 0-d or 1-d int tensor, got shape {tuple(target.shape)}")
+            target = target.tolist()
+        if isinstance(target, int):
+            labels = [target] * (n or 1)
+        elif isinstance(target, (list, tuple)):
+            labels = list(target)
+            if not labels or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+                raise ValueError(f"`target` must be {accepted}, got {target!r}")
+            if n is not None and len(labels) != n:
+                raise ValueError(f"`target` has {len(labels)} entries but {n} samples were asked for")
+        else:
+            raise ValueError(f"`target` must be {accepted}, got {type(target).__name__}")
+        bad = [v for v in labels if not 0 <= v < n_classes]
+        if bad:
+            raise ValueError(f"`target` class index {bad[0]} is out of range [0, {n_classes})")
+        return Goal(torch.tensor(labels, dtype=torch.int64), None, n_classes, min_prob, atol)
+
+    @staticmethod
+    def _check_range(input_range) -> Optional[Tuple[float, float]]:
+        if input_range is None:
+            return None
+        try:
+            lo, hi = (float(v) for v in input_range)
+        except Exception:
+            raise ValueError(f"`input_range` must be None or a pair (lo, hi), got {input_range!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"`input_range` must satisfy lo < hi (finite), got {input_range!r}")
+        return lo, hi
+
+    # --- verification ---------------------------------------------------------------------
+    def _verify(self, x: Tensor, goal: Goal, kind: str, input_range=None) -> Tuple[Tensor, Tensor, Tensor]:
+        """Run the caller's model (its dtype and device) on ``x``; return ``(ok, delta, probs)``."""
+        dtype, device = self._model_dtype_device()
+        with torch.no_grad():
+            out = self.forward_func(x.to(dtype=dtype, device=device))
+            probs = self.log_probs_from(out, kind).exp().to(torch.float64)
+        ok = goal.to(probs.device).ok(probs) & torch.isfinite(probs).all(1)
+        ok &= torch.isfinite(x.reshape(len(x), -1)).all(1).to(ok.device)
+        if input_range is not None:
+            flat = x.reshape(len(x), -1)
+            ok &= ((flat >= input_range[0]) & (flat <= input_range[1])).all(1).to(ok.device)
+        return ok.cpu(), goal.to(probs.device).delta(probs).cpu(), probs.cpu()
+
+    def compute_convergence_delta(self, attributions: Tensor, target: TargetType = None,
+                                  min_prob: float = 0.9, atol: float = 0.02) -> Tensor:
+        """Per-sample max-abs gap between the model's probabilities on ``attributions`` and the
+        aimed-at distribution (for a class target: ``1 - p_target``).
+
+        Args:
+            attributions (Tensor): inputs, ``(N, *input_shape)``.
+            target: as in ``attribute``.
+
+        Returns:
+            Tensor: ``(N,)`` float64.
+        """
+        kind, n_classes, _ = self._probe()
+        goal = self._parse_target(target, None, n_classes, min_prob, atol, n_inputs=len(attributions))
+        with model_mode_guard(self.forward_func):
+            return self._verify(attributions, goal, kind)[1]
+
+    def _finish(self, x: Tensor, ok: Tensor, delta: Tensor, reasons: Dict[str, int],
+                allow_unverified: bool, return_convergence_delta: bool, what: str):
+        """Return the result, or raise InversionError when some samples did not verify."""
+        dtype, device = self._model_dtype_device()
+        x = x.to(dtype=dtype, device=device)
+        n_ok = int(ok.sum())
+        if n_ok < len(x) and not allow_unverified:
+            raise InversionError(
+                f"{what}: {len(x) - n_ok} sample(s) did not verify (pass allow_unverified=True to "
+                "get them anyway, or relax min_prob / atol / input_range).",
+                n_ok, len(x), reasons, x, ok.clone(), delta,
+            )
+        return (x, delta) if return_convergence_delta else x
+
+
+def count_reasons(reasons: List[str]) -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    for r in reasons:
+        if r:
+            out[r] = out.get(r, 0) + 1
+    return out

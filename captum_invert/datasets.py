@@ -1,0 +1,203 @@
+"""Datasets for training and inverting small classifiers.
+
+Every loader returns a :class:`torch.utils.data.TensorDataset` of ``(images, labels)`` where
+``images`` is a float32 tensor of shape ``(N, 1, H, W)`` with values in ``[0, 1]`` and ``labels``
+is an int64 tensor of shape ``(N,)``.
+
+- :func:`load_digits`: scikit-learn's bundled 8x8 digits (1,797 images), the offline default;
+  upsampled to 28x28 by default so that the MNIST architectures apply unchanged.
+- :func:`load_mnist_idx`: a directory holding MNIST IDX files (gzip or raw).
+- :func:`load_mnist`: torchvision's MNIST (downloads when ``download=True``).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+__all__ = ["load_digits", "load_mnist", "load_mnist_idx", "split", "load_dataset", "DATA_ENV"]
+
+#: Environment variable naming a directory of MNIST IDX files (used by the CLI and tests).
+DATA_ENV = "CAPTUM_INVERT_MNIST"
+
+
+def _check_split(which: str) -> None:
+    if which not in ("train", "test", "all"):
+        raise ValueError(f"`which` must be 'train', 'test' or 'all', got {which!r}")
+
+
+def split(
+    dataset: TensorDataset, n_train: int, seed: int = 0
+) -> Tuple[TensorDataset, TensorDataset]:
+    """Split a dataset into a training part of ``n_train`` items and the rest, with a fixed seed.
+
+    Args:
+        dataset (TensorDataset): ``(images, labels)``.
+        n_train (int): number of items in the first part, ``0 < n_train < len(dataset)``.
+        seed (int): seed of the permutation.
+
+    Returns:
+        (TensorDataset, TensorDataset): the training part and the held-out part.
+    """
+    n = len(dataset)
+    if not 0 < n_train < n:
+        raise ValueError(f"`n_train` must be in (0, {n}), got {n_train}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    x, y = dataset.tensors
+    return (
+        TensorDataset(x[perm[:n_train]], y[perm[:n_train]]),
+        TensorDataset(x[perm[n_train:]], y[perm[n_train:]]),
+    )
+
+
+def load_digits(which: str = "all", image_size: int = 28, n_train: int = 1500, seed: int = 0):
+    """scikit-learn's bundled handwritten digits (offline), as ``(N, 1, S, S)`` in ``[0, 1]``.
+
+    Args:
+        which (str): ``'train'`` (the first ``n_train`` of a seeded permutation), ``'test'``
+            (the rest) or ``'all'`` (1,797 images).
+        image_size (int): side of the returned images; the native 8x8 images are resized
+            bilinearly when it differs from 8 (28 by default, MNIST's size).
+        n_train (int): size of the training part.
+        seed (int): seed of the train/test permutation.
+
+    Returns:
+        TensorDataset: ``(images, labels)``, images of shape ``(N, 1, image_size, image_size)``.
+    """
+    _check_split(which)
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"`image_size` must be an int >= 8, got {image_size!r}")
+    from sklearn.datasets import load_digits as _sk_digits
+
+    d = _sk_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    if image_size != 8:
+        x = torch.nn.functional.interpolate(
+            x, size=(image_size, image_size), mode="bilinear", align_corners=False
+        ).clamp_(0.0, 1.0)
+    ds = TensorDataset(x, torch.tensor(d.target, dtype=torch.int64))
+    return ds if which == "all" else split(ds, n_train, seed)[0 if which == "train" else 1]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: expected {int(np.prod(shape))} values, found {arr.size}")
+    return arr.reshape(shape)
+
+
+def _find(root: Path, stem: str) -> Optional[Path]:
+    for name in (stem + ".gz", stem):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def load_mnist_idx(
+    root, which: str = "train", n_train: int = 8000, seed: int = 0
+) -> TensorDataset:
+    """MNIST from a directory of IDX files, as ``(N, 1, 28, 28)`` in ``[0, 1]``.
+
+    The directory may hold the training split (``train-images-idx3-ubyte[.gz]``,
+    ``train-labels-idx1-ubyte[.gz]``) and/or the test split (``t10k-*``). When it holds both,
+    ``which`` picks the official split. When it holds only the 10,000-image test split, that split
+    is divided with a fixed seed: ``'train'`` returns ``n_train`` images (8,000 by default) and
+    ``'test'`` the held-out rest.
+
+    Args:
+        root (str or Path): the directory.
+        which (str): ``'train'``, ``'test'`` or ``'all'`` (every image found).
+        n_train (int): size of the training part when only one split is present.
+        seed (int): seed of that division.
+
+    Returns:
+        TensorDataset: ``(images, labels)``.
+    """
+    _check_split(which)
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"`root`: no such directory: {root}")
+    splits = {}
+    for prefix in ("train", "t10k"):
+        img, lab = _find(root, f"{prefix}-images-idx3-ubyte"), _find(root, f"{prefix}-labels-idx1-ubyte")
+        if img and lab:
+            x = torch.from_numpy(_read_idx(img).copy()).float().div_(255.0).unsqueeze(1)
+            y = torch.from_numpy(_read_idx(lab).astype(np.int64))
+            if len(x) != len(y):
+                raise ValueError(f"{img} and {lab} hold different numbers of items")
+            splits[prefix] = TensorDataset(x, y)
+    if not splits:
+        raise FileNotFoundError(
+            f"`root`: {root} holds no MNIST IDX pair (train-/t10k-images-idx3-ubyte[.gz] "
+            "with the matching labels file)"
+        )
+    if which == "all":
+        xs, ys = zip(*(s.tensors for s in splits.values()))
+        return TensorDataset(torch.cat(xs), torch.cat(ys))
+    if len(splits) == 2:
+        return splits["train" if which == "train" else "t10k"]
+    (only,) = splits.values()
+    return split(only, n_train, seed)[0 if which == "train" else 1]
+
+
+def load_mnist(root, which: str = "train", download: bool = False) -> TensorDataset:
+    """MNIST through torchvision (needs internet when ``download=True`` and the files are absent).
+
+    Args:
+        root (str or Path): torchvision's root directory.
+        which (str): ``'train'`` or ``'test'``.
+        download (bool): let torchvision download the files.
+
+    Returns:
+        TensorDataset: ``(images, labels)``, images ``(N, 1, 28, 28)`` in ``[0, 1]``.
+    """
+    if which not in ("train", "test"):
+        raise ValueError(f"`which` must be 'train' or 'test', got {which!r}")
+    from torchvision.datasets import MNIST
+
+    ds = MNIST(str(root), train=which == "train", download=download)
+    x = ds.data.float().div_(255.0).unsqueeze(1)
+    return TensorDataset(x, ds.targets.long())
+
+
+def load_dataset(name: str = "digits", which: str = "train", data_root=None) -> TensorDataset:
+    """Load ``'digits'`` (offline) or ``'mnist'`` by name.
+
+    For ``'mnist'``, ``data_root`` (or the ``CAPTUM_INVERT_MNIST`` environment variable) names a
+    directory of IDX files; torchvision's layout (``root/MNIST/raw``) is found too.
+
+    Args:
+        name (str): ``'digits'`` or ``'mnist'``.
+        which (str): ``'train'``, ``'test'`` or ``'all'``.
+        data_root (str or Path, optional): MNIST directory.
+
+    Returns:
+        TensorDataset: ``(images, labels)``.
+    """
+    if name == "digits":
+        return load_digits(which)
+    if name != "mnist":
+        raise ValueError(f"`dataset` must be 'digits' or 'mnist', got {name!r}")
+    root = data_root or os.environ.get(DATA_ENV)
+    if root is None:
+        raise ValueError(
+            f"`data_root` is required for MNIST (or set {DATA_ENV}); "
+            "offline, use the bundled dataset 'digits'"
+        )
+    root = Path(root)
+    if (root / "MNIST" / "raw").is_dir():
+        root = root / "MNIST" / "raw"
+    return load_mnist_idx(root, which)

@@ -1,0 +1,15 @@
+"""The seed papers' models and a small training loop with a weight cache."""
+from .fcnn import FCNN, MLP, SEED_DEPTHS, SLP, seed_fcnn
+from .invertible import (
+    InvertibleNet,
+    invertible_base,
+    invertible_no_activations,
+    invertible_small,
+)
+from .training import CACHE_ENV, TrainConfig, accuracy, cache_dir, train
+
+__all__ = [
+    "FCNN", "MLP", "SLP", "SEED_DEPTHS", "seed_fcnn", "InvertibleNet", "invertible_base",
+    "invertible_small", "invertible_no_activations", "TrainConfig", "train", "accuracy",
+    "cache_dir", "CACHE_ENV",
+]

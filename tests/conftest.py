@@ -1,0 +1,46 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from captum_invert.datasets import DATA_ENV, load_digits, load_mnist_idx
+from captum_invert.models import seed_fcnn, train
+
+
+def _mnist_root():
+    root = os.environ.get(DATA_ENV)
+    if root and Path(root).is_dir():
+        return Path(root)
+    here = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    return here if here.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_digits("train"), load_digits("test")
+
+
+@pytest.fixture(scope="session")
+def digit_nets(digits):
+    """The seed paper's 1-, 2- and 6-layer SELU nets trained on the digits (cached)."""
+    torch.manual_seed(0)
+    return {d: train(seed_fcnn(d), digits[0], progress=False) for d in (1, 2, 6)}
+
+
+@pytest.fixture(scope="session")
+def mnist_root():
+    root = _mnist_root()
+    if root is None:
+        pytest.skip(f"MNIST IDX files not found (set {DATA_ENV})")
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_root):
+    return load_mnist_idx(mnist_root, "train"), load_mnist_idx(mnist_root, "test")
+
+
+@pytest.fixture(scope="session")
+def mnist_nets(mnist):
+    return {d: train(seed_fcnn(d), mnist[0], progress=False) for d in (1, 2, 6)}
