@@ -238,10 +238,10 @@ class BackwardPassInversion(InversionMethod):
         def cost(c):
             z = logp + c[:, None]
             y = _Chain.invert_elems(last.post, z, bad.clone(), [""] * len(z))
-            return last.inv.solve(y).norm(dim=1)
+            return last.inv.solution_norm(y)
 
         g = (math.sqrt(5) - 1) / 2
-        for _ in range(40):  # golden section, batched
+        for _ in range(30):  # golden section, batched (bracket / 1e6)
             x1, x2 = b - g * (b - a), a + g * (b - a)
             left = cost(x1) < cost(x2)
             a, b = torch.where(left, a, x1), torch.where(left, x2, b)
@@ -271,15 +271,15 @@ class BackwardPassInversion(InversionMethod):
                 ref = refs[k]
                 base = ref + (a - (ref @ inv.weight.T + inv.bias)) @ inv.pinv.T
             d = inv.null.shape[1]
-            if d and std > 0 and k <= top_noise:
-                coef = torch.randn((B, d), generator=gen, dtype=torch.float64).to(base.device)
-                coef *= (std * mn.norm(dim=1, keepdim=True) / math.sqrt(d)) * scale[:, None]
-                v = coef @ inv.null.T
-            else:
-                v = torch.zeros_like(base)
+            noisy = bool(d and std > 0 and k <= top_noise)
+            if noisy:
+                v = inv.null_noise(B, gen)
+                v *= (std * mn.norm(dim=1, keepdim=True) / math.sqrt(d)) * scale[:, None]
             lo, hi, lo_m, hi_m = chain.boxes[k]
-            if k == 0 and input_range is not None:
-                h = BackwardPassInversion._box_affine(base + v, lo, hi, inv, a)
+            if k == 0 and input_range is None:
+                h = base + v if noisy else base
+            elif k == 0:
+                h = BackwardPassInversion._box_affine(base + v if noisy else base, lo, hi, inv, a)
                 viol = (h - h.clamp(lo, hi)).abs().amax(1) > 0
                 h = h.clamp(lo, hi)
                 out = viol & ~bad
@@ -288,18 +288,17 @@ class BackwardPassInversion(InversionMethod):
                               f"`input_range` {tuple(input_range)}")
                 bad |= out
             else:
-                inside = ((base > lo) & (base < hi)).all(1) | (k == 0)
-                out = ~inside & ~bad
+                out = ~((base > lo) & (base < hi)).all(1) & ~bad
                 for i in out.nonzero().squeeze(1).tolist():
                     why[i] = (f"the preimage of '{layer.name}' (Linear) left the range of the "
                               f"activation below it (the domain of its inverse)")
                 bad |= out
-                lo_e, hi_e = torch.minimum(lo_m, base), torch.maximum(hi_m, base)
-                with torch.no_grad():
-                    up = torch.where(v > 0, (hi_e - base) / v, torch.full_like(v, math.inf))
-                    dn = torch.where(v < 0, (lo_e - base) / v, torch.full_like(v, math.inf))
-                    s = torch.minimum(up, dn).amin(1).clamp(0.0, 1.0).nan_to_num(0.0)
-                h = base + s[:, None] * v
+                if noisy:  # shorten v along its ray so base + s v stays in the margin box
+                    room = torch.where(v > 0, torch.maximum(hi_m, base), torch.minimum(lo_m, base)) - base
+                    s = (room / v).nan_to_num_(nan=math.inf).amin(1).clamp_(0.0, 1.0)
+                    h = base + s[:, None] * v
+                else:
+                    h = base
             y = h
         x = _Chain.invert_elems(chain.pre, y, bad, why)
         return x, bad, why
@@ -332,7 +331,7 @@ class BackwardPassInversion(InversionMethod):
         margin: float = 0.05,
         max_iter: int = 50,
         max_retries: int = 3,
-        init_std: float = 1.0,
+        init_std: float = 0.1,
         return_convergence_delta: bool = False,
         allow_unverified: bool = False,
     ):

@@ -26,6 +26,9 @@ class LinearInverse:
             ``sigma_1 / cond_num``.
         null (Tensor): ``(n, n - r)``, orthonormal basis of the (capped) null space.
         range_basis (Tensor): ``(m, r)``, orthonormal basis of the kept column space.
+        row_basis (Tensor): ``(n, r)``, orthonormal basis of the kept row space (the complement
+            of ``null``).
+        gram (Tensor): ``(m, m)``, ``pinv^T pinv``: ``||pinv y||^2 = y^T gram y``.
         singular_values (Tensor): all singular values, descending.
         rank (int): number of kept singular values ``r``.
         cond (float): condition number of the kept part, ``sigma_1 / sigma_r`` (<= cond_num).
@@ -36,6 +39,8 @@ class LinearInverse:
     pinv: Tensor
     null: Tensor
     range_basis: Tensor
+    row_basis: Tensor
+    gram: Tensor
     singular_values: Tensor
     rank: int
     cond: float
@@ -44,6 +49,24 @@ class LinearInverse:
     def full_row_rank(self) -> bool:
         """True when every output direction is kept (any target is reachable)."""
         return self.rank == self.weight.shape[0]
+
+    def null_noise(self, n: int, gen: torch.Generator) -> Tensor:
+        """``(n, in_features)`` standard Gaussian vectors of the null space (isotropic in it).
+
+        Drawn as ``N xi`` or as the projection of an isotropic vector, whichever is cheaper:
+        both have the same distribution.
+        """
+        d, (m_in, r) = self.null.shape[1], self.row_basis.shape
+        if d <= r:
+            xi = torch.randn((n, d), generator=gen).to(self.null.device, torch.float64)
+            return xi @ self.null.T
+        eps = torch.randn((n, m_in), generator=gen).to(self.null.device, torch.float64)
+        return eps - (eps @ self.row_basis) @ self.row_basis.T
+
+    def solution_norm(self, y: Tensor) -> Tensor:
+        """``(B,)`` norm of :meth:`solve` without forming it (uses the m x m ``gram``)."""
+        t = y - self.bias
+        return ((t @ self.gram) * t).sum(1).clamp_min(0).sqrt()
 
     def solve(self, y: Tensor) -> Tensor:
         """Minimum-norm least-squares ``x`` with ``x W^T + b ~= y``; ``y`` is ``(B, m)``."""
@@ -99,7 +122,8 @@ def linear_inverse(layer: nn.Linear, cond_num: float = 100.0,
     dev = device or w.device
     inv = LinearInverse(
         weight=w.detach().to(torch.float64).to(dev), bias=bias.to(dev), pinv=pinv.to(dev),
-        null=N.to(dev), range_basis=U.to(dev), singular_values=S.to(dev), rank=int(S_r.numel()),
+        null=N.to(dev), range_basis=U.to(dev), row_basis=V.to(dev), gram=(pinv.T @ pinv).to(dev),
+        singular_values=S.to(dev), rank=int(S_r.numel()),
         cond=float(S_r[0] / S_r[-1]) if S_r.numel() else float("inf"),
     )
     per_layer.clear()  # keep one entry per layer: the parameters changed or cond_num did
