@@ -104,9 +104,9 @@ class _Chain:
                 why[i] = (f"a value left the range ({float(lo.min()):.4g}, {float(hi.max()):.4g}) "
                           f"of '{name}' ({type(m).__name__}), so its inverse is undefined")
             bad |= out
-            y = e.inverse(m, torch.where(bad[:, None], torch.zeros((), dtype=y.dtype, device=y.device)
-                                         .expand_as(y) + e.forward(m, torch.zeros((), dtype=y.dtype,
-                                                                                  device=y.device)), y))
+            if bool(bad.any()):  # feed flagged samples a harmless in-range value
+                y = torch.where(bad[:, None], e.forward(m, torch.zeros_like(y[:1])), y)
+            y = e.inverse(m, y)
         return y
 
 
@@ -264,9 +264,11 @@ class BackwardPassInversion(InversionMethod):
         for k in reversed(range(L)):
             layer, inv = chain.layers[k], chain.layers[k].inv
             a = _Chain.invert_elems(layer.post, y, bad, why)
-            mn = inv.solve(a)
+            if bool(bad.all()):  # nothing left to invert
+                return torch.zeros(B, chain.layers[0].linear.in_features, dtype=y.dtype,
+                                   device=y.device), bad, why
             if refs is None:
-                base = mn
+                base = inv.solve(a)
             else:
                 ref = refs[k]
                 base = ref + (a - (ref @ inv.weight.T + inv.bias)) @ inv.pinv.T
@@ -274,7 +276,8 @@ class BackwardPassInversion(InversionMethod):
             noisy = bool(d and std > 0 and k <= top_noise)
             if noisy:
                 v = inv.null_noise(B, gen)
-                v *= (std * mn.norm(dim=1, keepdim=True) / math.sqrt(d)) * scale[:, None]
+                mn_norm = base.norm(dim=1) if refs is None else inv.solution_norm(a)
+                v *= (std * mn_norm[:, None] / math.sqrt(d)) * scale[:, None]
             lo, hi, lo_m, hi_m = chain.boxes[k]
             if k == 0 and input_range is None:
                 h = base + v if noisy else base
@@ -480,13 +483,11 @@ class BackwardPassInversion(InversionMethod):
                 sub_goal = goal.subset(rows[pending])
                 ok_s, d_s, _ = self._verify(xs, sub_goal, kind, input_range)
                 ok_s &= ~bad_s.cpu()
-                for j in ok_s.nonzero().squeeze(1).tolist():
-                    i = int(rows[pending[j]])
-                    x[i], delta[i], ok[i], why[i] = xs[j].to(x), d_s[j], True, ""
-                for j in (~ok_s).nonzero().squeeze(1).tolist():
-                    i = int(rows[pending[j]])
-                    x[i], delta[i] = xs[j].to(x), d_s[j]
-                    why[i] = why_s[j] or "the anchored sample did not verify"
+                dest = rows[pending]
+                x[dest], delta[dest] = xs.to(x), d_s
+                ok[dest[ok_s]] = True
+                for j, i in enumerate(dest.tolist()):
+                    why[i] = "" if ok_s[j] else (why_s[j] or "the anchored sample did not verify")
                 stats["anchored"] += int(ok_s.sum())
                 pending = pending[~ok_s]
         self.last_stats = stats

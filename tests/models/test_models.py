@@ -1,0 +1,48 @@
+import pytest
+import torch
+from torch import nn
+
+from captum_invert.datasets import load_digits
+from captum_invert.models import (FCNN, MLP, SLP, TrainConfig, accuracy, invertible_base,
+                                  invertible_no_activations, invertible_small, seed_fcnn, train)
+
+
+def test_seed_nets_have_a_selu_after_every_linear():
+    for depth, widths in [(1, [784, 10]), (2, [784, 128, 10]), (6, [784, 512, 256, 128, 64, 32, 10])]:
+        m = seed_fcnn(depth)
+        lin = [l for l in m if isinstance(l, nn.Linear)]
+        assert [l.in_features for l in lin] + [lin[-1].out_features] == widths
+        assert isinstance(m[-1], nn.SELU) and sum(isinstance(l, nn.SELU) for l in m) == depth
+        assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_seed_002_and_001_models():
+    mlp = MLP()
+    assert [l.out_features for l in mlp if isinstance(l, nn.Linear)] == [30, 30, 10]
+    assert all(l.negative_slope == 0.01 for l in mlp if isinstance(l, nn.LeakyReLU))
+    assert isinstance(SLP()[-1], nn.Linear)
+    for net, blocks, acts in [(invertible_base(), 4, 4), (invertible_small(), 1, 1), (invertible_no_activations(), 4, 0)]:
+        lin = [l for l in net if isinstance(l, nn.Linear)]
+        assert len(lin) == blocks and all(l.weight.shape == (784, 784) for l in lin)
+        assert sum(isinstance(l, nn.LeakyReLU) for l in net) == acts
+    with pytest.raises(ValueError, match="`activation`"):
+        FCNN((4, 2), "swish")
+    with pytest.raises(ValueError, match="`depth`"):
+        seed_fcnn(3)
+
+
+def test_training_learns_and_the_cache_returns_the_same_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTUM_INVERT_CACHE", str(tmp_path))
+    tr, te = load_digits("train", image_size=8), load_digits("test", image_size=8)
+    cfg = TrainConfig(epochs=3, lr=1e-3, optimizer="adam")
+    a = train(FCNN((64, 32, 10), "selu"), tr, cfg, progress=False)
+    assert accuracy(a, te) > 0.8
+    assert len(list(tmp_path.glob("weights-*.pt"))) == 1
+    b = FCNN((64, 32, 10), "selu")
+    b[1].weight.data.zero_()
+    b = train(b, tr, cfg, progress=False)  # from the cache, not retrained
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    c = train(FCNN((64, 32, 10), "selu"), tr, TrainConfig(epochs=3, optimizer="adam", seed=1), progress=False)
+    assert not torch.equal(a[1].weight, c[1].weight)
+    assert len(list(tmp_path.glob("weights-*.pt"))) == 2
+    assert not a.training
