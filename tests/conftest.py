@@ -44,3 +44,12 @@ def mnist(mnist_root):
 @pytest.fixture(scope="session")
 def mnist_nets(mnist):
     return {d: train(seed_fcnn(d), mnist[0], progress=False) for d in (1, 2, 6)}
+
+
+@pytest.fixture(scope="session")
+def small_vit(digits):
+    """A small timm ViT (4x4 patches, dim 48, depth 2) trained on the digits (cached)."""
+    from captum_invert.models import TrainConfig, vit_mnist
+
+    return train(vit_mnist(embed_dim=48, depth=2, num_heads=3), digits[0],
+                 TrainConfig(epochs=20, lr=1e-3, optimizer="adamw"), progress=False)

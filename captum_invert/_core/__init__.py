@@ -1,5 +1,6 @@
 """Inversion methods, each a captum.attr.Attribution."""
 from .backward_pass import BackwardPassInversion
+from .forward_pass import ForwardPassInversion
 from .base import Goal, InversionError, InversionMethod
 
-__all__ = ["BackwardPassInversion", "Goal", "InversionError", "InversionMethod"]
+__all__ = ["BackwardPassInversion", "ForwardPassInversion", "Goal", "InversionError", "InversionMethod"]

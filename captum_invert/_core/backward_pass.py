@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from ..blocks.activations import ElementwiseInverse, get_inverse, interior, registered_types
 from ..blocks.linear import LinearInverse, linear_inverse
 from ..blocks.plan import LeafTrace, model_mode_guard
-from ..solvers.lm import levenberg_marquardt
 from .base import (
     Goal, InversionMethod, _check_pos, _check_prob, count_reasons, make_generator, random_starts,
 )
@@ -419,10 +418,6 @@ class BackwardPassInversion(InversionMethod):
         why_analytic = list(why)
         stats = {"analytic": int(ok.sum()), "anchored": 0, "anchor_failed": 0, "retries": 0}
         # 2. anchored pass for the rest
-        log_stop = None
-        if goal.labels is not None:
-            aim_p = (1.0 + goal.min_prob) / 2
-            log_aim, log_stop = math.log(aim_p), math.log((aim_p + goal.min_prob) / 2)
         for attempt in range(max_retries + 1):
             todo = (~ok).nonzero().squeeze(1)
             if todo.numel() == 0:
@@ -430,31 +425,11 @@ class BackwardPassInversion(InversionMethod):
             stats["retries"] = attempt
             g = goal.subset(todo)
             if attempt == 0 and inputs is not None:
-                x0 = inputs[todo].detach().to(dtype=dtype, device=device)
+                x0 = inputs[todo].detach()
             else:
                 x0 = random_starts(len(todo), shape, input_range, gen, init_std, dtype, device)
-            gl = g.to(device)
-            if g.labels is not None:
-                def res(xx, idx, gl=gl):
-                    lp = self.log_probs_from(self.forward_func(xx), kind)
-                    return (log_aim - lp.gather(1, gl.labels[idx][:, None]))
-
-                def done(xx, rr, idx):
-                    return (log_aim - rr.squeeze(1)) >= log_stop
-            else:
-                logP = gl.dist.to(dtype).clamp_min(goal.atol / (2 * goal.n_classes))
-                logP = (logP / logP.sum(1, keepdim=True)).log()
-
-                def res(xx, idx, logP=logP):
-                    return self.log_probs_from(self.forward_func(xx), kind) - logP[idx]
-
-                def done(xx, rr, idx, gl=gl):
-                    p = (rr + logP[idx]).exp()
-                    return (p - gl.dist[idx].to(p)).abs().amax(1) <= goal.atol / 2
-
-            sol = levenberg_marquardt(res, x0, max_iter=max_iter, done_fn=done, bounds=input_range)
             # an anchor that already verifies is kept even if it stopped short of the aim
-            found = sol.done.cpu() | self._verify(sol.x, g, kind, input_range)[0]
+            sol, found = self._solve_to_goal(x0, g, kind, max_iter, input_range)
             stats["anchor_failed"] += int((~found).sum())
             for j, i in enumerate(todo.tolist()):
                 if not found[j]:

@@ -11,6 +11,7 @@ from captum.attr import Attribution
 from torch import Tensor, nn
 
 from ..blocks.plan import model_mode_guard, trace_leaf_modules
+from ..solvers.lm import LMResult, levenberg_marquardt
 
 __all__ = ["InversionError", "Goal", "InversionMethod", "make_generator", "random_starts"]
 
@@ -304,6 +305,66 @@ class InversionMethod(Attribution):
             flat = x.reshape(len(x), -1)
             ok &= ((flat >= input_range[0]) & (flat <= input_range[1])).all(1).to(ok.device)
         return ok.cpu(), goal.to(probs.device).delta(probs).cpu(), probs.cpu()
+
+    def _solve_to_goal(self, x0: Tensor, goal: Goal, kind: str, max_iter: int, input_range,
+                       residual: str = "log_prob", stop: float = 0.5) -> Tuple[LMResult, Tensor]:
+        """Levenberg-Marquardt from ``x0`` towards ``goal`` on the caller's model.
+
+        Residuals (``residual``):
+
+        - ``'log_prob'`` (default): for a class target the single one-sided residual
+          ``max(0, log aim - log p_t(x))`` with ``aim = (1 + min_prob) / 2`` (one
+          vector-Jacobian product per iteration; a sample stops once ``p_t`` has covered the
+          fraction ``stop`` of the way from ``min_prob`` to ``aim``: margin for methods that
+          move the sample afterwards);
+          for a distribution, ``log p(x) - log p*`` (C residuals; zero entries of ``p*`` are
+          raised to ``atol / 2C`` and renormalized).
+        - ``'prob'``: ``p(x) - p*`` with ``p*`` the aimed-at distribution (C residuals; bounded,
+          but its gradient vanishes where the softmax saturates).
+
+        Returns:
+            (LMResult, Tensor): the solver's result and a bool ``(N,)`` mask of samples that
+            reached the goal (stopped by the solver or verified by the model).
+        """
+        dtype, device = self._model_dtype_device()
+        gl = goal.to(device)
+        model = self.forward_func
+        lp_of = lambda xx: self.log_probs_from(model(xx), kind)  # noqa: E731
+        if residual == "prob":
+            P = gl.aim(dtype)
+
+            def res(xx, idx):
+                return lp_of(xx).exp() - P[idx]
+
+            def done(xx, rr, idx):
+                p = rr + P[idx]
+                return goal.subset(idx.cpu()).to(device).ok(p)
+
+        elif gl.labels is not None:
+            aim_p = (1.0 + goal.min_prob) / 2
+            log_aim = math.log(aim_p)
+            log_stop = math.log(goal.min_prob + stop * (aim_p - goal.min_prob))
+
+            def res(xx, idx):
+                return (log_aim - lp_of(xx).gather(1, gl.labels[idx][:, None])).clamp_min(0.0)
+
+            def done(xx, rr, idx):
+                return (log_aim - rr.squeeze(1)) >= log_stop - 1e-12
+        else:
+            logP = gl.dist.to(dtype).clamp_min(goal.atol / (2 * goal.n_classes))
+            logP = (logP / logP.sum(1, keepdim=True)).log()
+
+            def res(xx, idx):
+                return lp_of(xx) - logP[idx]
+
+            def done(xx, rr, idx):
+                p = (rr + logP[idx]).exp()
+                return (p - gl.dist[idx].to(p)).abs().amax(1) <= goal.atol / 2
+
+        sol = levenberg_marquardt(res, x0.to(dtype=dtype, device=device), max_iter=max_iter,
+                                  done_fn=done, bounds=input_range)
+        found = sol.done.cpu() | self._verify(sol.x, goal, kind, input_range)[0]
+        return sol, found
 
     def compute_convergence_delta(self, attributions: Tensor, target: TargetType = None,
                                   min_prob: float = 0.9, atol: float = 0.02) -> Tensor:

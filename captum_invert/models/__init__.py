@@ -7,9 +7,10 @@ from .invertible import (
     invertible_small,
 )
 from .training import CACHE_ENV, TrainConfig, accuracy, cache_dir, train
+from .vit import load_pretrained_vit, vit_mnist, vit_mnist_small
 
 __all__ = [
     "FCNN", "MLP", "SLP", "SEED_DEPTHS", "seed_fcnn", "InvertibleNet", "invertible_base",
     "invertible_small", "invertible_no_activations", "TrainConfig", "train", "accuracy",
-    "cache_dir", "CACHE_ENV",
+    "cache_dir", "CACHE_ENV", "vit_mnist", "vit_mnist_small", "load_pretrained_vit",
 ]

@@ -29,7 +29,7 @@ class TrainConfig:
     momentum: float = 0.9
     batch_size: int = 64
     weight_decay: float = 0.0
-    optimizer: str = "sgd"  # 'sgd' or 'adam'
+    optimizer: str = "sgd"  # 'sgd', 'adam' or 'adamw'
     seed: int = 0
 
 
@@ -101,8 +101,8 @@ def train(
         nn.Module: the same ``model``, trained, in eval mode.
     """
     config = config or TrainConfig()
-    if config.optimizer not in ("sgd", "adam"):
-        raise ValueError(f"`config.optimizer` must be 'sgd' or 'adam', got {config.optimizer!r}")
+    if config.optimizer not in ("sgd", "adam", "adamw"):
+        raise ValueError(f"`config.optimizer` must be 'sgd', 'adam' or 'adamw', got {config.optimizer!r}")
     if not isinstance(data, TensorDataset) or len(data.tensors) != 2:
         raise ValueError("`data` must be a TensorDataset of (inputs, labels)")
     path = cache_dir() / f"weights-{_fingerprint(model, data, config)}.pt"
@@ -122,7 +122,8 @@ def train(
         torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                         weight_decay=config.weight_decay)
         if config.optimizer == "sgd"
-        else torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        else (torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW)(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     )
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     loader = DataLoader(data, batch_size=config.batch_size, shuffle=True, generator=gen)

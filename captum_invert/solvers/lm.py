@@ -2,8 +2,10 @@
 
 Every step is solved in the m x m output space: ``(J J^T + lambda I) u = r``, ``dx = -J^T u``,
 which equals the classical ``(J^T J + lambda I)^{-1} J^T r`` and costs ``O(m^2 n)`` instead of
-``O(n^3)``. ``lambda`` is ``mu`` times the mean eigenvalue of ``J J^T`` (scale-free), with ``mu``
-divided by 3 after an accepted step (down to a floor) and multiplied by 4 after a rejected one.
+``O(n^3)``. ``lambda`` is ``mu`` times the mean eigenvalue of ``J J^T`` (scale-free). A step is
+accepted when the gain ratio ``rho`` (actual over predicted decrease of ``||r||^2``) is positive;
+``mu`` follows Nielsen's rule: ``mu *= max(1/3, 1 - (2 rho - 1)^3)`` after an accepted step (never
+below a floor), ``mu *= nu, nu *= 2`` after a rejected one.
 Bounds are kept by projection, with the bound-active coordinates removed from ``J`` when the step
 pushes against them. Finished samples leave the batch and cost nothing more.
 """
@@ -51,12 +53,14 @@ def batched_jacobian(f: Callable[[Tensor], Tensor], x: Tensor, mode: str = "auto
     r, vjp_fn = vjp(f, x)
     m = r.shape[1]
     if mode == "reverse" or (mode == "auto" and m <= n):
-        if m == 1:
-            J = vjp_fn(torch.ones_like(r))[0][:, None, :]
-        else:
-            eye = torch.eye(m, dtype=r.dtype, device=r.device)[:, None, :].expand(m, B, m)
-            J = vmap(vjp_fn)(eye)[0].permute(1, 0, 2)
-        return r.detach(), J.detach()
+        # one VJP per residual on a shared forward pass (a loop, not vmap: attention's backward
+        # has no batching rule and vmap would fall back to a per-sample loop)
+        rows = []
+        for j in range(m):
+            cot = torch.zeros_like(r)
+            cot[:, j] = 1
+            rows.append(vjp_fn(cot)[0])
+        return r.detach(), torch.stack(rows, 1).detach()
     eye = torch.eye(n, dtype=x.dtype, device=x.device)[:, None, :].expand(n, B, n)
     J = vmap(lambda t: jvp(f, (x,), (t,))[1])(eye).permute(1, 2, 0)
     return r.detach(), J.detach()
@@ -101,47 +105,53 @@ def levenberg_marquardt(
     dev = x.device
     done_fn = done_fn or (lambda xx, rr, ii: rr.norm(dim=1) <= tol)
     all_idx = torch.arange(B, device=dev)
+
+    def f_for(idx):
+        return lambda z: residual_fn(z.view(len(idx), *shape), idx)
+
+    # residual and Jacobian at the current points; a trial point is evaluated with its Jacobian
+    # in the same pass, so an accepted step (the usual case) costs one Jacobian evaluation
+    r, J = batched_jacobian(f_for(all_idx), x, jacobian)
     with torch.no_grad():
-        r = residual_fn(x.view(B, *shape), all_idx).detach()
         done = done_fn(x.view(B, *shape), r, all_idx).to(dev)
     rnorm = r.norm(dim=1)
     n_iter = torch.zeros(B, dtype=torch.long, device=dev)
     mu = torch.full((B,), float(damping), dtype=x.dtype, device=dev)
+    nu = torch.full((B,), 2.0, dtype=x.dtype, device=dev)
+    m = r.shape[1]
+    eye = torch.eye(m, dtype=x.dtype, device=dev)
     for _ in range(max_iter):
         act = (~done).nonzero().squeeze(1)
         if act.numel() == 0:
             break
-        xa = x[act]
-        f = lambda z: residual_fn(z.view(len(act), *shape), act)  # noqa: E731
-        ra, J = batched_jacobian(f, xa, jacobian)
-        m = ra.shape[1]
-        JJ = J @ J.transpose(1, 2)
+        xa, ra, Ja = x[act], r[act], J[act]
+        JJ = Ja @ Ja.transpose(1, 2)
         scale = JJ.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(x.dtype).tiny)
-        eye = torch.eye(m, dtype=x.dtype, device=dev)
         lam = (mu[act] * scale)[:, None, None]
         u = torch.linalg.solve(JJ + lam * eye, ra.unsqueeze(-1))
-        dx = -(J.transpose(1, 2) @ u).squeeze(-1)
+        dx = -(Ja.transpose(1, 2) @ u).squeeze(-1)
         if bounds is not None:
             blocked = ((xa <= bounds[0]) & (dx < 0)) | ((xa >= bounds[1]) & (dx > 0))
             if bool(blocked.any()):
-                Jf = J * (~blocked)[:, None, :]
-                JJ = Jf @ Jf.transpose(1, 2)
-                u = torch.linalg.solve(JJ + lam * eye, ra.unsqueeze(-1))
+                Jf = Ja * (~blocked)[:, None, :]
+                u = torch.linalg.solve(Jf @ Jf.transpose(1, 2) + lam * eye, ra.unsqueeze(-1))
                 dx = -(Jf.transpose(1, 2) @ u).squeeze(-1)
         xt = xa + dx
         if bounds is not None:
             xt = xt.clamp(bounds[0], bounds[1])
-        with torch.no_grad():
-            rt = residual_fn(xt.view(len(act), *shape), act).detach()
+        rt, Jt = batched_jacobian(f_for(act), xt, jacobian)
         rtn = rt.norm(dim=1)
-        good = torch.isfinite(rtn) & (rtn < ra.norm(dim=1))
+        dxe = xt - xa  # the step actually taken (after projection)
+        pred = ra.pow(2).sum(1) - (ra + (Ja @ dxe.unsqueeze(-1)).squeeze(-1)).pow(2).sum(1)
+        rho = (rnorm[act].pow(2) - rtn.pow(2)) / pred.clamp_min(torch.finfo(x.dtype).tiny)
+        good = torch.isfinite(rtn) & (rtn < rnorm[act]) & (rho > 0)
         n_iter[act] += 1
-        mu[act] = torch.where(good, (mu[act] / 3).clamp_min(damping_floor), mu[act] * 4)
+        shrink = torch.clamp(1 - (2 * rho.clamp(max=1.0) - 1) ** 3, min=1 / 3)
+        mu[act] = torch.where(good, (mu[act] * shrink).clamp_min(damping_floor), mu[act] * nu[act])
+        nu[act] = torch.where(good, torch.full_like(nu[act], 2.0), nu[act] * 2)
         acc = act[good]
         if acc.numel():
-            x[acc] = xt[good]
-            r[acc] = rt[good]
-            rnorm[acc] = rtn[good]
+            x[acc], r[acc], J[acc], rnorm[acc] = xt[good], rt[good], Jt[good], rtn[good]
             with torch.no_grad():
                 done[acc] = done_fn(xt[good].view(len(acc), *shape), rt[good], acc).to(dev)
     return LMResult(x.view(B, *shape), done, n_iter, rnorm)

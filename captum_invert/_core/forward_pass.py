@@ -1,0 +1,145 @@
+"""ForwardPassInversion: root-finding from random starts with batched Levenberg-Marquardt
+(FORWARDPASSINV of the seed paper), for any differentiable model."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..blocks.plan import model_mode_guard
+from .base import InversionMethod, _check_pos, count_reasons, make_generator, random_starts
+
+__all__ = ["ForwardPassInversion"]
+
+_RESIDUALS = ("log_prob", "prob")
+
+
+class ForwardPassInversion(InversionMethod):
+    r"""Inputs that any differentiable classifier maps to a target, by root-finding
+    (FORWARDPASSINV of the seed paper, "Inverting Neural Networks", seed 000).
+
+    From random starts (or the given ``inputs``), batched Levenberg-Marquardt drives the
+    residual between the model's (log-)probabilities and the target to zero. The Jacobian with
+    respect to the input comes from ``torch.func`` (reverse mode: one vector-Jacobian product per
+    residual), and each step is solved in the small output space,
+    ``(J J^T + lambda I) u = r``, ``dx = -J^T u`` (see
+    :func:`~captum_invert.solvers.levenberg_marquardt`). For a class target there is one
+    residual, ``log aim - log p_t(x)`` with ``aim = (1 + min_prob) / 2``, so an iteration costs
+    one forward and one backward pass whatever the input size. Samples that have converged leave
+    the batch. Samples that do not converge in ``max_iter`` iterations are restarted from new
+    random points, up to ``max_retries`` times. After that an
+    :class:`~captum_invert.InversionError` is raised, unless ``allow_unverified=True``.
+
+    The model runs in eval mode during the call and in its own dtype and device; every
+    returned sample is verified by it.
+
+    Args:
+        forward_func (nn.Module or callable): any differentiable classifier returning
+            ``(N, C)`` logits (or probabilities if it ends in ``nn.Softmax``), e.g. a timm ViT.
+            Samples must not interact (no batch statistics).
+        input_shape (tuple of int, optional): shape of one input; default
+            ``forward_func.input_shape`` or the first Linear's ``in_features``.
+    """
+
+    def attribute(
+        self,
+        inputs: Optional[Tensor] = None,
+        target=None,
+        n_samples: Optional[int] = None,
+        max_iter: int = 30,
+        input_range: Optional[Tuple[float, float]] = None,
+        min_prob: float = 0.9,
+        atol: float = 0.02,
+        seed=None,
+        init_std: float = 1.0,
+        max_retries: int = 3,
+        residual: str = "log_prob",
+        return_convergence_delta: bool = False,
+        allow_unverified: bool = False,
+    ):
+        r"""Find inputs that the model maps to ``target``.
+
+        Args:
+            inputs (Tensor, optional): ``(N, *input_shape)`` starting points. Default: random,
+                uniform in ``input_range`` when given, else ``N(0, init_std^2)`` per coordinate.
+                Restarts are always random.
+            target (int, sequence of int, or Tensor): a class index (probability >=
+                ``min_prob``), one class per sample, or a class distribution ``(C,)`` /
+                ``(N, C)`` (max-abs difference <= ``atol``).
+            n_samples (int, optional): number of samples (default: 1, or the length of a
+                per-sample ``target`` / of ``inputs``).
+            max_iter (int): Levenberg-Marquardt iterations per start (the paper: 30).
+            input_range (tuple of float, optional): ``(lo, hi)`` box kept by projection; every
+                returned input lies in it.
+            min_prob (float): for class targets, the probability the class must reach.
+            atol (float): for distribution targets, the max-abs tolerance.
+            seed (int or torch.Generator, optional): makes the result reproducible.
+            init_std (float): standard deviation of random starts without ``input_range``.
+            max_retries (int): new random starts for samples that do not converge.
+            residual (str): ``'log_prob'`` (default) or ``'prob'``; see
+                :meth:`~captum_invert._core.base.InversionMethod._solve_to_goal`.
+            return_convergence_delta (bool): also return the per-sample delta.
+            allow_unverified (bool): return unconverged samples too instead of raising.
+
+        Returns:
+            Tensor or (Tensor, Tensor): inputs ``(N, *input_shape)`` in the model's dtype and
+            device; with ``return_convergence_delta`` also ``delta`` ``(N,)``: the max-abs gap
+            between the model's probabilities and the aimed-at distribution (``1 - p_target``
+            for a class target).
+
+        Raises:
+            ValueError: a bad argument.
+            InversionError: some samples did not verify (and ``allow_unverified`` is False).
+        """
+        _check_pos("max_iter", max_iter, allow_zero=True, integer=True)
+        _check_pos("max_retries", max_retries, allow_zero=True, integer=True)
+        _check_pos("init_std", init_std)
+        if residual not in _RESIDUALS:
+            raise ValueError(f"`residual` must be one of {_RESIDUALS}, got {residual!r}")
+        input_range = self._check_range(input_range)
+        n_inputs = None
+        if inputs is not None:
+            if not isinstance(inputs, Tensor) or tuple(inputs.shape[1:]) != self.input_shape:
+                raise ValueError(
+                    f"`inputs` must be a tensor of shape (N, {', '.join(map(str, self.input_shape))}), "
+                    f"got {tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}"
+                )
+            n_inputs = len(inputs)
+        gen = make_generator(seed)
+        dtype, device = self._model_dtype_device()
+        with model_mode_guard(self.forward_func):
+            kind, n_classes, _ = self._probe()
+            goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
+            N = goal.n
+            x = torch.zeros((N, *self.input_shape), dtype=dtype, device=device)
+            ok = torch.zeros(N, dtype=torch.bool)
+            delta = torch.ones(N, dtype=torch.float64)
+            iters = torch.zeros(N, dtype=torch.long)
+            stats = {"restarts": 0, "converged_first_start": 0}
+            for attempt in range(max_retries + 1):
+                todo = (~ok).nonzero().squeeze(1)
+                if todo.numel() == 0:
+                    break
+                if attempt == 0 and inputs is not None:
+                    x0 = inputs.detach().to(dtype=dtype, device=device)
+                    if input_range is not None:
+                        x0 = x0.clamp(*input_range)
+                else:
+                    x0 = random_starts(len(todo), self.input_shape, input_range, gen, init_std, dtype, device)
+                stats["restarts"] += int(attempt > 0) * len(todo)
+                sol, _ = self._solve_to_goal(x0, goal.subset(todo), kind, max_iter, input_range,
+                                             residual, stop=0.1)
+                ok_t, d_t, _ = self._verify(sol.x, goal.subset(todo), kind, input_range)
+                x[todo.to(device)] = sol.x.detach()
+                delta[todo], ok[todo] = d_t, ok_t
+                iters[todo] += sol.n_iter.cpu()
+                if attempt == 0:
+                    stats["converged_first_start"] = int(ok_t.sum())
+            stats["mean_iterations"] = float(iters.double().mean())
+            self.last_stats = stats
+            reason = (f"Levenberg-Marquardt did not reach the target within {max_iter} iterations "
+                      f"from {max_retries + 1} random start(s)"
+                      + (f" inside input_range {input_range}" if input_range else ""))
+            return self._finish(x, ok, delta, count_reasons([reason if not o else "" for o in ok.tolist()]),
+                                allow_unverified, return_convergence_delta, "ForwardPassInversion")
