@@ -396,10 +396,11 @@ class BackwardPassInversion(InversionMethod):
             chain = self._chain(trace, cond_num)
             chain.set_boxes(margin, input_range)
             return self._run(chain, kind, goal, std, gen, input_range, max_iter, max_retries,
-                             init_std, inputs, return_convergence_delta, allow_unverified)
+                             init_std, inputs, return_convergence_delta, allow_unverified,
+                             self._output_tail(trace))
 
     def _run(self, chain, kind, goal: Goal, std, gen, input_range, max_iter, max_retries,
-             init_std, inputs, return_delta, allow_unverified):
+             init_std, inputs, return_delta, allow_unverified, tail):
         dtype, device = self._model_dtype_device()
         N = goal.n
         shape = self.input_shape
@@ -429,7 +430,8 @@ class BackwardPassInversion(InversionMethod):
             else:
                 x0 = random_starts(len(todo), shape, input_range, gen, init_std, dtype, device)
             # an anchor that already verifies is kept even if it stopped short of the aim
-            sol, found = self._solve_to_goal(x0, g, kind, max_iter, input_range)
+            sol, found = self._solve_to_goal(x0, g, kind, max_iter, input_range,
+                                             tail=tail)
             stats["anchor_failed"] += int((~found).sum())
             for j, i in enumerate(todo.tolist()):
                 if not found[j]:

@@ -306,8 +306,33 @@ class InversionMethod(Attribution):
             ok &= ((flat >= input_range[0]) & (flat <= input_range[1])).all(1).to(ok.device)
         return ok.cpu(), goal.to(probs.device).delta(probs).cpu(), probs.cpu()
 
+    @staticmethod
+    def _output_tail(trace) -> Optional[Tuple[nn.Module, list]]:
+        """``(pre_module, [(module, entry), ...])`` when the model is a proven chain that ends in
+        registered invertible activations at least one of which saturates (a bounded range, like
+        SELU's exponential tail); else None."""
+        from ..blocks.activations import get_inverse, is_invertible
+
+        if trace is None or not trace.composes:
+            return None
+        calls = list(trace.calls)
+        if calls and isinstance(calls[-1].module, (nn.Softmax, nn.LogSoftmax)):
+            calls = calls[:-1]
+        tail = []
+        while calls and get_inverse(calls[-1].module) is not None and is_invertible(calls[-1].module):
+            c = calls.pop()
+            tail.insert(0, (c.module, get_inverse(c.module)))
+        if not calls or not tail:
+            return None
+        pre = calls[-1].module
+        if sum(c.module is pre for c in trace.calls) != 1:
+            return None
+        bounded = any(bool(torch.isfinite(torch.stack(list(e.output_range(m)))).any()) for m, e in tail)
+        return (pre, tail) if bounded else None
+
     def _solve_to_goal(self, x0: Tensor, goal: Goal, kind: str, max_iter: int, input_range,
-                       residual: str = "log_prob", stop: float = 0.5) -> Tuple[LMResult, Tensor]:
+                       residual: str = "log_prob", stop: float = 0.5,
+                       tail=None) -> Tuple[LMResult, Tensor]:
         """Levenberg-Marquardt from ``x0`` towards ``goal`` on the caller's model.
 
         Residuals (``residual``):
@@ -316,11 +341,17 @@ class InversionMethod(Attribution):
           ``max(0, log aim - log p_t(x))`` with ``aim = (1 + min_prob) / 2`` (one
           vector-Jacobian product per iteration; a sample stops once ``p_t`` has covered the
           fraction ``stop`` of the way from ``min_prob`` to ``aim``: margin for methods that
-          move the sample afterwards);
-          for a distribution, ``log p(x) - log p*`` (C residuals; zero entries of ``p*`` are
-          raised to ``atol / 2C`` and renormalized).
+          move the sample afterwards); for a distribution, ``log p(x) - log p*`` (C residuals;
+          zero entries of ``p*`` are raised to ``atol / 2C`` and renormalized).
         - ``'prob'``: ``p(x) - p*`` with ``p*`` the aimed-at distribution (C residuals; bounded,
           but its gradient vanishes where the softmax saturates).
+
+        With ``tail`` (see :meth:`_output_tail`: the model ends in saturating invertible
+        activations, e.g. a SELU on the logits) the ``'log_prob'`` residuals are measured before
+        that tail: the logits the goal needs are mapped back through the tail's exact inverse and
+        compared with the pre-activations, which a forward hook reads. In the exponential tail of
+        SELU the log-probability is nearly flat and Newton steps crawl; the pre-activation
+        residual is linear there.
 
         Returns:
             (LMResult, Tensor): the solver's result and a bool ``(N,)`` mask of samples that
@@ -329,40 +360,89 @@ class InversionMethod(Attribution):
         dtype, device = self._model_dtype_device()
         gl = goal.to(device)
         model = self.forward_func
+        use_tail = tail is not None and residual == "log_prob"
+        captured = {}
+        handle = None
+        if use_tail:
+            pre, elems = tail
+            handle = pre.register_forward_hook(lambda m, i, o: captured.__setitem__("a", o))
+            zero = torch.zeros(gl.n_classes, dtype=dtype, device=device)
+            lo, hi = zero - math.inf, zero + math.inf
+            for m, e in elems:  # range of the tail's output, shrunk a little at bounded ends
+                lo, hi = (torch.minimum(e.forward(m, lo), e.forward(m, hi)),
+                          torch.maximum(e.forward(m, lo), e.forward(m, hi)))
+            span = torch.where(torch.isfinite(hi - lo), hi - lo, torch.ones_like(lo))
+            lo_m, hi_m = lo + 1e-3 * span, hi - 1e-3 * span
+
+            def tail_fwd(a):
+                for m, e in elems:
+                    a = e.forward(m, a)
+                return a
+
+            def tail_inv(z):
+                for m, e in reversed(elems):
+                    z = e.inverse(m, z)
+                return z
+
+            def logits_of(xx):
+                model(xx)
+                a = captured.pop("a")
+                return a, tail_fwd(a)
         lp_of = lambda xx: self.log_probs_from(model(xx), kind)  # noqa: E731
         if residual == "prob":
             P = gl.aim(dtype)
 
             def res(xx, idx):
-                return lp_of(xx).exp() - P[idx]
+                p = lp_of(xx).exp()
+                return p - P[idx], p
 
-            def done(xx, rr, idx):
-                p = rr + P[idx]
+            def done(xx, rr, idx, p):
                 return goal.subset(idx.cpu()).to(device).ok(p)
 
         elif gl.labels is not None:
             aim_p = (1.0 + goal.min_prob) / 2
-            log_aim = math.log(aim_p)
+            log_aim, log_odds = math.log(aim_p), math.log(aim_p / (1 - aim_p))
             log_stop = math.log(goal.min_prob + stop * (aim_p - goal.min_prob))
 
-            def res(xx, idx):
-                return (log_aim - lp_of(xx).gather(1, gl.labels[idx][:, None])).clamp_min(0.0)
+            if use_tail:
+                def res(xx, idx):
+                    a, z = logits_of(xx)
+                    t = gl.labels[idx][:, None]
+                    others = torch.logsumexp(z.scatter(1, t, -math.inf), 1, keepdim=True)
+                    z_need = z.scatter(1, t, torch.minimum(torch.maximum(others + log_odds, lo_m[t]), hi_m[t]))
+                    r = (tail_inv(z_need).gather(1, t) - a.gather(1, t)).clamp_min(0.0)
+                    return r, torch.log_softmax(z, 1).gather(1, t)
+            else:
+                def res(xx, idx):
+                    lp_t = lp_of(xx).gather(1, gl.labels[idx][:, None])
+                    return (log_aim - lp_t).clamp_min(0.0), lp_t
 
-            def done(xx, rr, idx):
-                return (log_aim - rr.squeeze(1)) >= log_stop - 1e-12
+            def done(xx, rr, idx, lp_t):
+                return lp_t.squeeze(1) >= log_stop - 1e-12
         else:
             logP = gl.dist.to(dtype).clamp_min(goal.atol / (2 * goal.n_classes))
             logP = (logP / logP.sum(1, keepdim=True)).log()
 
-            def res(xx, idx):
-                return lp_of(xx) - logP[idx]
+            if use_tail:
+                def res(xx, idx):
+                    a, z = logits_of(xx)
+                    c = (z - logP[idx]).mean(1, keepdim=True)
+                    z_need = torch.minimum(torch.maximum(logP[idx] + c, lo_m), hi_m)
+                    return tail_inv(z_need) - a, torch.log_softmax(z, 1)
+            else:
+                def res(xx, idx):
+                    lp = lp_of(xx)
+                    return lp - logP[idx], lp
 
-            def done(xx, rr, idx):
-                p = (rr + logP[idx]).exp()
-                return (p - gl.dist[idx].to(p)).abs().amax(1) <= goal.atol / 2
+            def done(xx, rr, idx, lp):
+                return (lp.exp() - gl.dist[idx].to(lp)).abs().amax(1) <= goal.atol / 2
 
-        sol = levenberg_marquardt(res, x0.to(dtype=dtype, device=device), max_iter=max_iter,
-                                  done_fn=done, bounds=input_range)
+        try:
+            sol = levenberg_marquardt(res, x0.to(dtype=dtype, device=device), max_iter=max_iter,
+                                      done_fn=done, bounds=input_range, has_aux=True)
+        finally:
+            if handle is not None:
+                handle.remove()
         found = sol.done.cpu() | self._verify(sol.x, goal, kind, input_range)[0]
         return sol, found
 

@@ -109,7 +109,8 @@ class ForwardPassInversion(InversionMethod):
         gen = make_generator(seed)
         dtype, device = self._model_dtype_device()
         with model_mode_guard(self.forward_func):
-            kind, n_classes, _ = self._probe()
+            kind, n_classes, trace = self._probe()
+            tail = self._output_tail(trace)
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
             N = goal.n
             x = torch.zeros((N, *self.input_shape), dtype=dtype, device=device)
@@ -129,7 +130,7 @@ class ForwardPassInversion(InversionMethod):
                     x0 = random_starts(len(todo), self.input_shape, input_range, gen, init_std, dtype, device)
                 stats["restarts"] += int(attempt > 0) * len(todo)
                 sol, _ = self._solve_to_goal(x0, goal.subset(todo), kind, max_iter, input_range,
-                                             residual, stop=0.1)
+                                             residual, stop=0.1, tail=tail)
                 ok_t, d_t, _ = self._verify(sol.x, goal.subset(todo), kind, input_range)
                 x[todo.to(device)] = sol.x.detach()
                 delta[todo], ok[todo] = d_t, ok_t

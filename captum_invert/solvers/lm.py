@@ -38,32 +38,50 @@ class LMResult:
     residual_norm: Tensor
 
 
-def batched_jacobian(f: Callable[[Tensor], Tensor], x: Tensor, mode: str = "auto") -> Tuple[Tensor, Tensor]:
+def batched_jacobian(f: Callable[[Tensor], Tensor], x: Tensor, mode: str = "auto",
+                     has_aux: bool = False):
     """Per-sample Jacobians of ``f: (B, n) -> (B, m)``, assuming samples do not interact.
 
-    Reverse mode costs m vector-Jacobian products, forward mode n Jacobian-vector products;
-    ``'auto'`` picks the smaller.
+    Reverse mode costs m vector-Jacobian products on one forward pass, forward mode n
+    Jacobian-vector products; ``'auto'`` picks the smaller.
+
+    Args:
+        f (callable): the function; with ``has_aux`` it returns ``(r, aux)`` and ``aux`` (no
+            gradient) is passed through.
+        x (Tensor): ``(B, n)``.
+        mode (str): ``'auto'``, ``'reverse'`` or ``'forward'``.
 
     Returns:
-        (Tensor, Tensor): ``r = f(x)`` of shape ``(B, m)`` and ``J`` of shape ``(B, m, n)``.
+        (Tensor, Tensor) or (Tensor, Tensor, Tensor): ``r = f(x)`` of shape ``(B, m)``, ``J`` of
+        shape ``(B, m, n)`` and, with ``has_aux``, ``aux``.
     """
     B, n = x.shape
     if mode not in ("auto", "reverse", "forward"):
         raise ValueError(f"`mode` must be 'auto', 'reverse' or 'forward', got {mode!r}")
+    if has_aux:
+        r, vjp_fn, aux = vjp(f, x, has_aux=True)
+        aux = aux.detach()
+        if mode == "forward" or (mode == "auto" and r.shape[1] > n):
+            return (*batched_jacobian(lambda z: f(z)[0], x, "forward"), aux)
+        return (*_reverse(r, vjp_fn), aux)
     r, vjp_fn = vjp(f, x)
     m = r.shape[1]
     if mode == "reverse" or (mode == "auto" and m <= n):
-        # one VJP per residual on a shared forward pass (a loop, not vmap: attention's backward
-        # has no batching rule and vmap would fall back to a per-sample loop)
-        rows = []
-        for j in range(m):
-            cot = torch.zeros_like(r)
-            cot[:, j] = 1
-            rows.append(vjp_fn(cot)[0])
-        return r.detach(), torch.stack(rows, 1).detach()
+        return _reverse(r, vjp_fn)
     eye = torch.eye(n, dtype=x.dtype, device=x.device)[:, None, :].expand(n, B, n)
     J = vmap(lambda t: jvp(f, (x,), (t,))[1])(eye).permute(1, 2, 0)
     return r.detach(), J.detach()
+
+
+def _reverse(r: Tensor, vjp_fn):
+    # one VJP per residual on a shared forward pass (a loop, not vmap: attention's backward has
+    # no batching rule and vmap would fall back to a per-sample loop)
+    rows = []
+    for j in range(r.shape[1]):
+        cot = torch.zeros_like(r)
+        cot[:, j] = 1
+        rows.append(vjp_fn(cot)[0])
+    return r.detach(), torch.stack(rows, 1).detach()
 
 
 def levenberg_marquardt(
@@ -76,6 +94,7 @@ def levenberg_marquardt(
     damping: float = 1e-3,
     damping_floor: float = 1e-9,
     jacobian: str = "auto",
+    has_aux: bool = False,
 ) -> LMResult:
     """Solve ``r(x) = 0`` for every sample of a batch.
 
@@ -84,13 +103,15 @@ def levenberg_marquardt(
             indices of those samples in the batch, ``r`` is ``(b, m)``. Samples must not interact.
         x0 (Tensor): ``(B, *shape)`` starting points.
         max_iter (int): iterations per sample.
-        done_fn (callable, optional): ``(x, r, idx) -> (b,) bool``, a sample is finished when
-            True. Default: ``||r|| <= tol``.
+        done_fn (callable, optional): ``(x, r, idx, aux) -> (b,) bool``, a sample is finished
+            when True (``aux`` is None without ``has_aux``). Default: ``||r|| <= tol``.
         bounds (tuple, optional): ``(lo, hi)`` box for every coordinate.
         tol (float): residual tolerance of the default ``done_fn``.
         damping (float): initial ``mu``.
         damping_floor (float): smallest ``mu``.
         jacobian (str): ``'auto'``, ``'reverse'`` or ``'forward'``.
+        has_aux (bool): ``residual_fn`` returns ``(r, aux)``; ``aux`` (e.g. the log-probabilities
+            of the same forward pass) goes to ``done_fn``, saving a forward pass.
 
     Returns:
         LMResult
@@ -103,17 +124,21 @@ def levenberg_marquardt(
     if bounds is not None:
         x.clamp_(bounds[0], bounds[1])
     dev = x.device
-    done_fn = done_fn or (lambda xx, rr, ii: rr.norm(dim=1) <= tol)
+    done_fn = done_fn or (lambda xx, rr, ii, aux: rr.norm(dim=1) <= tol)
     all_idx = torch.arange(B, device=dev)
 
     def f_for(idx):
         return lambda z: residual_fn(z.view(len(idx), *shape), idx)
 
+    def jac(idx, z):
+        out = batched_jacobian(f_for(idx), z, jacobian, has_aux)
+        return out if has_aux else (*out, None)
+
     # residual and Jacobian at the current points; a trial point is evaluated with its Jacobian
     # in the same pass, so an accepted step (the usual case) costs one Jacobian evaluation
-    r, J = batched_jacobian(f_for(all_idx), x, jacobian)
+    r, J, aux = jac(all_idx, x)
     with torch.no_grad():
-        done = done_fn(x.view(B, *shape), r, all_idx).to(dev)
+        done = done_fn(x.view(B, *shape), r, all_idx, aux).to(dev)
     rnorm = r.norm(dim=1)
     n_iter = torch.zeros(B, dtype=torch.long, device=dev)
     mu = torch.full((B,), float(damping), dtype=x.dtype, device=dev)
@@ -139,7 +164,7 @@ def levenberg_marquardt(
         xt = xa + dx
         if bounds is not None:
             xt = xt.clamp(bounds[0], bounds[1])
-        rt, Jt = batched_jacobian(f_for(act), xt, jacobian)
+        rt, Jt, auxt = jac(act, xt)
         rtn = rt.norm(dim=1)
         dxe = xt - xa  # the step actually taken (after projection)
         pred = ra.pow(2).sum(1) - (ra + (Ja @ dxe.unsqueeze(-1)).squeeze(-1)).pow(2).sum(1)
@@ -153,5 +178,6 @@ def levenberg_marquardt(
         if acc.numel():
             x[acc], r[acc], J[acc], rnorm[acc] = xt[good], rt[good], Jt[good], rtn[good]
             with torch.no_grad():
-                done[acc] = done_fn(xt[good].view(len(acc), *shape), rt[good], acc).to(dev)
+                done[acc] = done_fn(xt[good].view(len(acc), *shape), rt[good], acc,
+                                    None if auxt is None else auxt[good]).to(dev)
     return LMResult(x.view(B, *shape), done, n_iter, rnorm)

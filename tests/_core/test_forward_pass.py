@@ -92,3 +92,24 @@ def test_bad_arguments(digit_nets, kwargs, match):
 def test_wrong_input_shape_is_reported(small_vit):
     with pytest.raises(ValueError, match="input_shape"):
         ForwardPassInversion(small_vit, input_shape=(1, 20, 20)).attribute(target=1)
+
+
+def test_saturating_output_tail_is_detected(digit_nets, small_vit):
+    from captum_invert.blocks.plan import trace_leaf_modules
+
+    x = torch.zeros(2, 1, 28, 28)
+    pre, tail = ForwardPassInversion._output_tail(trace_leaf_modules(digit_nets[6], x))
+    assert pre is digit_nets[6][-2] and [type(m).__name__ for m, _ in tail] == ["SELU"]
+    assert ForwardPassInversion._output_tail(trace_leaf_modules(small_vit, x)) is None
+
+
+def test_selu_logits_converge_from_first_starts_in_the_box(mnist_nets):
+    # the seed nets put a SELU on the logits: from bright uniform starts the target logit sits in
+    # SELU's exponential tail where log p is flat; the pre-activation residual must get >= 99% of
+    # first starts there within 30 iterations (log-prob residual alone: ~91% on class 1)
+    model = mnist_nets[6]
+    inv = ForwardPassInversion(model)
+    x = inv.attribute(target=ALL * 2, seed=0, input_range=(0.0, 1.0), max_iter=30, max_retries=0,
+                      allow_unverified=True)
+    assert (_p(model, x, ALL * 2) >= 0.9).float().mean() >= 0.99
+    assert inv.last_stats["converged_first_start"] >= 198
