@@ -149,7 +149,8 @@ def levenberg_marquardt(
         act = (~done).nonzero().squeeze(1)
         if act.numel() == 0:
             break
-        xa, ra, Ja = x[act], r[act], J[act]
+        full = act.numel() == B  # every sample active: work on the tensors, no gathers
+        xa, ra, Ja = (x, r, J) if full else (x[act], r[act], J[act])
         JJ = Ja @ Ja.transpose(1, 2)
         scale = JJ.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(x.dtype).tiny)
         lam = (mu[act] * scale)[:, None, None]
@@ -175,7 +176,11 @@ def levenberg_marquardt(
         mu[act] = torch.where(good, (mu[act] * shrink).clamp_min(damping_floor), mu[act] * nu[act])
         nu[act] = torch.where(good, torch.full_like(nu[act], 2.0), nu[act] * 2)
         acc = act[good]
-        if acc.numel():
+        if full and bool(good.all()):
+            x, r, J, rnorm = xt, rt, Jt, rtn
+            with torch.no_grad():
+                done = done_fn(x.view(B, *shape), r, act, auxt).to(dev)
+        elif acc.numel():
             x[acc], r[acc], J[acc], rnorm[acc] = xt[good], rt[good], Jt[good], rtn[good]
             with torch.no_grad():
                 done[acc] = done_fn(xt[good].view(len(acc), *shape), rt[good], acc,

@@ -1,0 +1,157 @@
+"""ForwardPassInversion against what a user would otherwise run, in one run, on the seed
+paper's 6-layer SELU net and a small ViT (depth 4, dim 96, 4x4 patches):
+
+  (a) ForwardPassInversion, batched (max_iter=30, random starts, retries);
+  (b) scipy.optimize.least_squares per sample with the autograd Jacobian. MINPACK's
+      method='lm' refuses fewer residuals than unknowns (1 or 10 residuals, 784 unknowns), so
+      this uses scipy's default 'trf' on the same residual;
+  (c) Adam gradient ascent on the input (batched, lr 0.05), stopped at the same criterion.
+
+Also: the time of one LM iteration against one batched Jacobian evaluation (the floor of any
+Jacobian-based method).
+
+Usage: python benchmarks/forward_pass.py [--data-root DIR] [--n 500] [--n-scipy 20]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+from captum_invert import ForwardPassInversion, InversionError
+from captum_invert.datasets import DATA_ENV, load_dataset
+from captum_invert.metrics import target_probability
+from captum_invert.models import TrainConfig, accuracy, seed_fcnn, train, vit_mnist_small
+from captum_invert.solvers.lm import batched_jacobian
+
+
+def ours(model, labels, input_range=None):
+    inv = ForwardPassInversion(model)
+    t = time.perf_counter()
+    try:
+        x = inv.attribute(target=labels, seed=0, max_iter=30, input_range=input_range)
+    except InversionError as e:
+        x = e.partial
+    dt = time.perf_counter() - t
+    return len(x), dt, inv.last_stats["converged_first_start"]
+
+
+def scipy_per_sample(model, labels, aim=0.95):
+    from scipy.optimize import least_squares
+
+    ok = 0
+    t = time.perf_counter()
+    g = torch.Generator().manual_seed(0)
+    for lab in labels:
+        x0 = torch.randn(784, generator=g).double().numpy()
+
+        def f(z, lab=lab):
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor(z, dtype=torch.float32).view(1, 1, 28, 28)), 1)[0, lab]
+            return np.array([max(0.0, math.log(aim) - float(lp))])
+
+        def jac(z, lab=lab):
+            x = torch.tensor(z, dtype=torch.float32).view(1, 1, 28, 28).requires_grad_(True)
+            lp = torch.log_softmax(model(x), 1)[0, lab]
+            (gr,) = torch.autograd.grad(-lp, x)
+            return gr.double().view(1, -1).numpy()
+
+        res = least_squares(f, x0, jac=jac, max_nfev=30 * 5)
+        x = torch.tensor(res.x, dtype=torch.float32).view(1, 1, 28, 28)
+        ok += int(target_probability(model, x, [lab])[0] >= 0.9)
+    return ok, time.perf_counter() - t
+
+
+def adam(model, labels, lr=0.05, max_steps=1000):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((len(labels), 1, 28, 28), generator=g).requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    lab = torch.as_tensor(labels)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    t = time.perf_counter()
+    for _ in range(max_steps):
+        lp = torch.log_softmax(model(x), 1).gather(1, lab[:, None]).squeeze(1)
+        todo = lp < math.log(0.9)
+        if not bool(todo.any()):
+            break
+        opt.zero_grad()
+        (-(lp * todo).sum()).backward()
+        opt.step()
+    dt = time.perf_counter() - t
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return int((target_probability(model, x.detach(), labels) >= 0.9).sum()), dt
+
+
+def iteration_vs_jacobian(model, n=256, reps=5):
+    """Seconds of one LM iteration (from ForwardPassInversion's solver, timed over max_iter=1
+    calls minus one Jacobian for the start) against one batched Jacobian evaluation."""
+    x = torch.randn(n, 784)
+    lab = torch.arange(n) % 10
+    for p in model.parameters():
+        p.requires_grad_(False)
+    f = lambda z: (math.log(0.95) - torch.log_softmax(model(z.view(-1, 1, 28, 28)), 1).gather(1, lab[:, None])).clamp_min(0)  # noqa: E731
+    from captum_invert.solvers import levenberg_marquardt
+
+    batched_jacobian(f, x)
+    t = time.perf_counter()
+    for _ in range(reps):
+        batched_jacobian(f, x)
+    t_jac = (time.perf_counter() - t) / reps
+    res = lambda z, idx: f(z)[idx] if len(idx) == n else f(z)  # noqa: E731
+    never = lambda *a: torch.zeros(len(a[2]), dtype=torch.bool)  # noqa: E731
+    t = time.perf_counter()
+    for _ in range(reps):
+        levenberg_marquardt(lambda z, idx: f(z), x, max_iter=1, done_fn=never)
+    t_one = (time.perf_counter() - t) / reps
+    t = time.perf_counter()
+    for _ in range(reps):
+        levenberg_marquardt(lambda z, idx: f(z), x, max_iter=0, done_fn=never)
+    t_zero = (time.perf_counter() - t) / reps
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return t_one - t_zero, t_jac
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-root", default=os.environ.get(DATA_ENV))
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--n-scipy", type=int, default=20)
+    ap.add_argument("--vit-epochs", type=int, default=20)
+    args = ap.parse_args()
+    name = "mnist" if args.data_root else "digits"
+    tr, te = load_dataset(name, "train", args.data_root), load_dataset(name, "test", args.data_root)
+    fcnn = train(seed_fcnn(6), tr, progress=False)
+    vit = train(vit_mnist_small(), tr, TrainConfig(epochs=args.vit_epochs, lr=1e-3, optimizer="adamw",
+                                                   batch_size=64), progress=True)
+    print(f"data: {name}; 6-layer SELU accuracy {accuracy(fcnn, te):.3f}; "
+          f"ViT (depth 4, dim 96) accuracy {accuracy(vit, te):.3f}; torch threads {torch.get_num_threads()}")
+    labels = [i % 10 for i in range(args.n)]
+    print("\n| model | (a) ours: verified % (first start), s/verified | box (0,1): verified % (first start) "
+          "| (b) scipy per sample: verified %, s/verified | (c) Adam: verified %, s/verified "
+          "| (b)/(a) | (c)/(a) | LM iteration / Jacobian |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mname, model in (("6-layer SELU", fcnn), ("ViT d4 w96", vit)):
+        ForwardPassInversion(model).attribute(target=[0, 1], seed=1)  # warm-up
+        n_ok, t_a, first = ours(model, labels)
+        n_box, _, first_box = ours(model, labels, (0.0, 1.0))
+        ok_b, t_b = scipy_per_sample(model, labels[: args.n_scipy])
+        ok_c, t_c = adam(model, labels)
+        s_a = t_a / max(n_ok, 1)
+        s_b = t_b / ok_b if ok_b else float("inf")
+        s_c = t_c / ok_c if ok_c else float("inf")
+        t_it, t_jac = iteration_vs_jacobian(model)
+        print(f"| {mname} | {100 * n_ok / args.n:.1f}% ({100 * first / args.n:.1f}%), {s_a * 1e3:.3f} ms "
+              f"| {100 * n_box / args.n:.1f}% ({100 * first_box / args.n:.1f}%) "
+              f"| {100 * ok_b / args.n_scipy:.0f}%, {s_b * 1e3:.1f} ms | {100 * ok_c / args.n:.1f}%, {s_c * 1e3:.3f} ms "
+              f"| {s_b / s_a:.0f}x | {s_c / s_a:.1f}x | {t_it / t_jac:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
