@@ -80,17 +80,18 @@ class _Chain:
                         *_push_box(-out, out, self.layers[-1].post, margin))
 
     def forward64(self, x: Tensor):
-        """Float64 pass: returns the inputs of every Linear and the output (pre-softmax)."""
+        """Float64 pass: the inputs and outputs of every Linear, and the output (pre-softmax)."""
         h = x.reshape(len(x), -1).to(dtype=torch.float64, device=self.device)
         for _, m, e in self.pre:
             h = e.forward(m, h)
-        refs = []
+        refs, pres = [], []
         for layer in self.layers:
             refs.append(h)
             h = h @ layer.inv.weight.T + layer.inv.bias
+            pres.append(h)
             for _, m, e in layer.post:
                 h = e.forward(m, h)
-        return refs, h
+        return (refs, pres), h
 
     @staticmethod
     def invert_elems(elems: Sequence[_Elem], y: Tensor, bad: Tensor, why: List[str]):
@@ -250,9 +251,10 @@ class BackwardPassInversion(InversionMethod):
     @staticmethod
     def _walk(chain: _Chain, y_out: Tensor, refs: Optional[List[Tensor]], scale: Tensor,
               std: float, gen: torch.Generator, input_range):
-        """Walk down from the output ``y_out`` (B, C). ``refs[k]`` is the point each preimage of
-        Linear k is projected from (None: the minimum-norm solution). ``scale`` (B,) multiplies
-        the null-space noise. Returns ``(x_flat, bad, why)``."""
+        """Walk down from the output ``y_out`` (B, C). ``refs = (inputs, outputs)`` of every
+        Linear on the anchor: each preimage of Linear k is the projection of ``inputs[k]`` (None:
+        the minimum-norm solution). ``scale`` (B,) multiplies the null-space noise. Returns
+        ``(x_flat, bad, why)``."""
         B = len(y_out)
         bad = torch.zeros(B, dtype=torch.bool, device=y_out.device)
         why = [""] * B
@@ -269,8 +271,7 @@ class BackwardPassInversion(InversionMethod):
             if refs is None:
                 base = inv.solve(a)
             else:
-                ref = refs[k]
-                base = ref + (a - (ref @ inv.weight.T + inv.bias)) @ inv.pinv.T
+                base = refs[0][k] + (a - refs[1][k]) @ inv.pinv.T
             d = inv.null.shape[1]
             noisy = bool(d and std > 0 and k <= top_noise)
             if noisy:
@@ -450,8 +451,8 @@ class BackwardPassInversion(InversionMethod):
                     break
                 sc = torch.full((len(pending),), s, dtype=torch.float64, device=chain.device)
                 pd = pending.to(chain.device)
-                xs, bad_s, why_s = self._walk(chain, y_out[pd], [r[pd] for r in refs], sc, std,
-                                              gen, input_range)
+                sub = ([r[pd] for r in refs[0]], [r[pd] for r in refs[1]])
+                xs, bad_s, why_s = self._walk(chain, y_out[pd], sub, sc, std, gen, input_range)
                 xs = xs.reshape(len(pending), *shape)
                 if s == 0.0:  # the anchor itself, verified by the model as every sample is
                     xs = torch.where(bad_s.reshape(-1, *([1] * len(shape))).cpu(),
