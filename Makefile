@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 OUT ?= demo_out
 ARGS ?=
 
-.PHONY: demo test bench install dev clean
+.PHONY: demo test bench docs install dev clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+$(VENV)/.installed-docs: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[docs]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -33,6 +37,11 @@ test: dev
 ## make bench: throughput of BackwardPassInversion against the alternatives
 bench: dev
 	$(BIN)/python benchmarks/backward_pass.py $(ARGS)
+
+## make docs: build the Sphinx documentation, warnings as errors
+docs: $(VENV)/.installed-docs
+	$(BIN)/python -m sphinx -W --keep-going -b html -q docs docs/_build/html
+	@echo "docs/_build/html/index.html"
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache *.egg-info
