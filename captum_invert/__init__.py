@@ -5,10 +5,14 @@ Captum-style inversion methods (subclasses of ``captum.attr.Attribution``)::
     from captum_invert import BackwardPassInversion
     x = BackwardPassInversion(model).attribute(target=3, n_samples=64, seed=0)
 """
-from ._core import BackwardPassInversion, ForwardPassInversion, InversionError, InversionMethod
+from ._core import (
+    BackwardPassInversion, ForwardPassInversion, GeneralizedInversion, InversionError,
+    InversionMethod,
+)
+from .blocks.plan import InversionPlan
 from .blocks import register_activation
 
 __version__ = "0.1.0"
 
-__all__ = ["BackwardPassInversion", "ForwardPassInversion", "InversionError", "InversionMethod", "register_activation",
+__all__ = ["BackwardPassInversion", "ForwardPassInversion", "GeneralizedInversion", "InversionPlan", "InversionError", "InversionMethod", "register_activation",
            "__version__"]

@@ -1,6 +1,7 @@
 """Inversion methods, each a captum.attr.Attribution."""
 from .backward_pass import BackwardPassInversion
 from .forward_pass import ForwardPassInversion
+from .generalized import GeneralizedInversion
 from .base import Goal, InversionError, InversionMethod
 
-__all__ = ["BackwardPassInversion", "ForwardPassInversion", "Goal", "InversionError", "InversionMethod"]
+__all__ = ["BackwardPassInversion", "ForwardPassInversion", "GeneralizedInversion", "Goal", "InversionError", "InversionMethod"]

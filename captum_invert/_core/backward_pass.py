@@ -110,6 +110,51 @@ class _Chain:
         return y
 
 
+def build_chain(calls, cond_num: float, device, what: str) -> _Chain:
+    """A :class:`_Chain` from executed leaf calls (Flatten, Linear, registered activations, an
+    optional final Softmax/LogSoftmax); any other module raises a ``ValueError`` naming it."""
+    calls = list(calls)
+    if calls and isinstance(calls[-1].module, (nn.Softmax, nn.LogSoftmax)):
+        calls = calls[:-1]
+    pre: List[_Elem] = []
+    layers: List[_Layer] = []
+    for c in calls:
+        m = c.module
+        if isinstance(m, nn.Flatten):
+            if layers and c.in_shape != c.out_shape:
+                raise ValueError(f"'{c.name}' (Flatten) reshapes between Linear layers; not supported")
+            continue
+        if isinstance(m, nn.Linear):
+            if len(c.in_shape) != 2:
+                raise ValueError(
+                    f"'{c.name}' (Linear) is applied to a tensor of shape {c.in_shape}; "
+                    f"{what} needs (N, features). Use ForwardPassInversion."
+                )
+            layers.append(_Layer(c.name, m, linear_inverse(m, cond_num, device)))
+            continue
+        entry = get_inverse(m)
+        if entry is None:
+            hint = _NOT_INVERTIBLE_HINT.get(type(m), "it is neither nn.Linear nor a registered "
+                                            "invertible elementwise module")
+            if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
+                hint = "softmax is supported only as the last module"
+            known = ", ".join(sorted(t.__name__ for t in registered_types()))
+            raise ValueError(
+                f"{what} cannot invert module '{c.name}' ({type(m).__name__}): "
+                f"{hint}. Invertible modules: Linear, Flatten, {known} "
+                "(add one with captum_invert.blocks.register_activation). "
+                "Use ForwardPassInversion, which works on any differentiable model."
+            )
+        try:
+            entry.check(m)
+        except ValueError as e:
+            raise ValueError(f"module '{c.name}': {e}. Use ForwardPassInversion.") from None
+        (layers[-1].post if layers else pre).append((c.name, m, entry))
+    if not layers:
+        raise ValueError(f"{what} found no nn.Linear to invert")
+    return _Chain(pre, layers, device)
+
+
 class BackwardPassInversion(InversionMethod):
     r"""Analytic backward-pass inversion of a chain of Linear layers and invertible activations
     (BACKPASSINV of the seed paper, "Inverting Neural Networks", seed 000).
@@ -170,51 +215,13 @@ class BackwardPassInversion(InversionMethod):
                 "(functional code such as F.relu or a residual addition in forward()?). Use "
                 "ForwardPassInversion, which works on any differentiable model."
             )
-        calls = list(trace.calls)
-        if calls and isinstance(calls[-1].module, (nn.Softmax, nn.LogSoftmax)):
-            calls = calls[:-1]
         _, device = self._model_dtype_device()
-        pre: List[_Elem] = []
-        layers: List[_Layer] = []
-        for c in calls:
-            m = c.module
-            if isinstance(m, nn.Flatten):
-                if layers and c.in_shape != c.out_shape:
-                    raise ValueError(f"'{c.name}' (Flatten) reshapes between Linear layers; not supported")
-                continue
-            if isinstance(m, nn.Linear):
-                if len(c.in_shape) != 2:
-                    raise ValueError(
-                        f"'{c.name}' (Linear) is applied to a tensor of shape {c.in_shape}; "
-                        "BackwardPassInversion needs (N, features). Use ForwardPassInversion."
-                    )
-                layers.append(_Layer(c.name, m, linear_inverse(m, cond_num, device)))
-                continue
-            entry = get_inverse(m)
-            if entry is None:
-                hint = _NOT_INVERTIBLE_HINT.get(type(m), "it is neither nn.Linear nor a registered "
-                                                "invertible elementwise module")
-                if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
-                    hint = "softmax is supported only as the last module"
-                known = ", ".join(sorted(t.__name__ for t in registered_types()))
-                raise ValueError(
-                    f"BackwardPassInversion cannot invert module '{c.name}' ({type(m).__name__}): "
-                    f"{hint}. Invertible modules: Linear, Flatten, {known} "
-                    "(add one with captum_invert.blocks.register_activation). "
-                    "Use ForwardPassInversion, which works on any differentiable model."
-                )
-            try:
-                entry.check(m)
-            except ValueError as e:
-                raise ValueError(f"module '{c.name}': {e}. Use ForwardPassInversion.") from None
-            (layers[-1].post if layers else pre).append((c.name, m, entry))
-        if not layers:
-            raise ValueError(f"BackwardPassInversion found no nn.Linear in {name}")
-        n0 = layers[0].linear.in_features
+        chain = build_chain(trace.calls, cond_num, device, "BackwardPassInversion")
+        n0 = chain.layers[0].linear.in_features
         if math.prod(self.input_shape) != n0:
             raise ValueError(f"`input_shape` {self.input_shape} holds {math.prod(self.input_shape)} "
                              f"values but the first Linear takes {n0}")
-        return _Chain(pre, layers, device)
+        return chain
 
     # --- the analytic pieces ------------------------------------------------------------
     @staticmethod
@@ -247,6 +254,17 @@ class BackwardPassInversion(InversionMethod):
             a, b = torch.where(left, a, x1), torch.where(left, x2, b)
         c = (a + b) / 2
         return logp + c[:, None], ok
+
+    @staticmethod
+    def _tail_linear_target(chain: _Chain, z: Tensor) -> Tensor:
+        """The target of the chain's first Linear's output when its last output is ``z``:
+        inverts the elementwise modules and the Linear layers above the first one by their
+        minimum-norm solutions (used for the size of null-space offsets)."""
+        bad = torch.zeros(len(z), dtype=torch.bool, device=z.device)
+        y = z
+        for k in reversed(range(1, len(chain.layers))):
+            y = chain.layers[k].inv.solve(_Chain.invert_elems(chain.layers[k].post, y, bad, [""] * len(z)))
+        return _Chain.invert_elems(chain.layers[0].post, y, bad, [""] * len(z))
 
     @staticmethod
     def _walk(chain: _Chain, y_out: Tensor, refs: Optional[List[Tensor]], scale: Tensor,

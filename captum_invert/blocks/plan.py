@@ -13,7 +13,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LeafCall", "LeafTrace", "trace_leaf_modules", "model_mode_guard"]
+__all__ = ["LeafCall", "LeafTrace", "trace_leaf_modules", "model_mode_guard", "InversionPlan", "Block"]
 
 
 @dataclass
@@ -124,3 +124,235 @@ def trace_leaf_modules(model: nn.Module, example: Tensor, rtol: float = 1e-5) ->
         except Exception:
             trace.composes = False
     return trace
+
+
+# --------------------------------------------------------------------------------------------
+# InversionPlan: blocks of executed leaf modules, analytic or opaque, with proven boundaries.
+# --------------------------------------------------------------------------------------------
+class _Stop(Exception):
+    pass
+
+
+def _is_analytic(call: LeafCall, last: bool) -> bool:
+    from .activations import is_invertible
+
+    m = call.module
+    if isinstance(m, nn.Linear):
+        return len(call.in_shape) == 2
+    if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
+        return last and m.dim in (1, -1) and len(call.in_shape) == 2
+    if isinstance(m, nn.Flatten):
+        return True
+    return is_invertible(m) and len(call.in_shape) >= 1
+
+
+@dataclass
+class Block:
+    """A run of executed leaf modules inverted one way.
+
+    Attributes:
+        kind (str): ``'analytic'`` (back-pass) or ``'opaque'`` (Levenberg-Marquardt).
+        start, stop (int): indices into the trace's calls, ``[start, stop)``.
+        calls (list of LeafCall): the modules.
+        in_shape, out_shape (tuple): shapes of the block's input and output (batch first).
+    """
+
+    kind: str
+    start: int
+    stop: int
+    calls: List[LeafCall]
+    in_shape: Tuple[int, ...]
+    out_shape: Tuple[int, ...]
+
+
+class InversionPlan:
+    """How a model is split into blocks for :class:`~captum_invert.GeneralizedInversion`.
+
+    Forward hooks record the executed leaf modules. Each is *analytic* (Linear on
+    ``(N, features)``, registered invertible activations, Flatten, Identity, Dropout and
+    BatchNorm in eval mode, a final Softmax/LogSoftmax) or *opaque* (anything else: attention,
+    LayerNorm, convolutions, ReLU, pooling, unknown modules). Hooks cannot see functional code
+    between modules (a ViT's class-token selection, residual additions), so every boundary is
+    proven: the input captured before leaf call ``i`` is injected into a run of the model on a
+    different input, and the boundary is kept only if the model's output is reproduced (a split
+    inside a residual block fails this: its skip path still carries the other input). A segment
+    between kept boundaries is analytic only if all its modules are analytic and running them in
+    order reproduces the segment's output; else it is opaque. Adjacent blocks of one kind merge.
+
+    Args:
+        model (nn.Module): the model (run in eval mode while planning; restored).
+        example (Tensor): ``(B, *input_shape)`` example inputs (B >= 2 recommended).
+        split_points (sequence of str, optional): module names where blocks must start; each
+            must pass the same proof (a ``ValueError`` names the one that does not).
+        rtol (float): tolerance of the proofs.
+
+    Attributes:
+        blocks (list of Block): from input to output.
+        calls (list of LeafCall): every executed leaf module.
+    """
+
+    def __init__(self, model: nn.Module, example: Tensor, split_points=None, rtol: float = 1e-4) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError("`model` must be an nn.Module to be planned")
+        self.model = model
+        with model_mode_guard(model):
+            trace = trace_leaf_modules(model, example)
+            self.calls = trace.calls
+            self.output = trace.output
+            n = len(self.calls)
+            if n == 0:
+                raise ValueError(f"{type(model).__name__} executes no leaf module")
+            dummy = _other_input(example)
+            ref = trace.output
+            ok_split = [True] + [False] * (n - 1)
+            captured = [None] * n
+            for i in range(1, n):
+                try:
+                    captured[i] = self.block_input(example, i)
+                    ok_split[i] = _close(self._run_injected(dummy, i, captured[i]), ref, rtol)
+                except Exception:  # noqa: BLE001
+                    ok_split[i] = False
+            captured[0] = example
+            names = [c.name for c in self.calls]
+            forced = []
+            for sp in split_points or []:
+                if sp not in names:
+                    raise ValueError(f"`split_points`: no executed module is named {sp!r}; "
+                                     f"executed: {', '.join(names)}")
+                i = names.index(sp)
+                if not ok_split[i]:
+                    raise ValueError(f"`split_points`: the model cannot be split before {sp!r}: "
+                                     "feeding that module its input does not reproduce the output "
+                                     "(a skip connection or functional code crosses it)")
+                forced.append(i)
+            bounds = [i for i in range(n) if ok_split[i]] + [n]
+            segs = []
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                calls = self.calls[a:b]
+                analytic = all(_is_analytic(c, j == n - 1) for j, c in zip(range(a, b), calls))
+                if analytic:
+                    with torch.no_grad():
+                        h = captured[a]
+                        for c in calls:
+                            h = c.module(h)
+                    target = captured[b] if b < n else ref
+                    analytic = _close(h, target, rtol)
+                segs.append((a, b, "analytic" if analytic else "opaque"))
+            merged: List[List] = []
+            for a, b, k in segs:
+                if merged and merged[-1][2] == k and a not in forced:
+                    merged[-1][1] = b
+                else:
+                    merged.append([a, b, k])
+            self.blocks = [
+                Block(k, a, b, self.calls[a:b], self.calls[a].in_shape, self.calls[b - 1].out_shape)
+                for a, b, k in merged
+            ]
+
+    # --- running parts of the model -------------------------------------------------------
+    def block_input(self, x: Tensor, i: int) -> Tensor:
+        """The input of leaf call ``i`` when the model runs on ``x`` (the rest is skipped)."""
+        if i == 0:
+            return x
+        mod = self.calls[i].module
+        seen = [0]
+        out = {}
+        k = sum(1 for c in self.calls[:i] if c.module is mod)  # which call of that module
+
+        def pre(m, inp):
+            if seen[0] == k:
+                out["x"] = inp[0]
+                raise _Stop
+            seen[0] += 1
+
+        h = mod.register_forward_pre_hook(pre)
+        try:
+            self.model(x)
+        except _Stop:
+            pass
+        finally:
+            h.remove()
+        if "x" not in out:
+            raise RuntimeError(f"leaf call {i} ({self.calls[i]}) was not reached")
+        return out["x"]
+
+    def _run_injected(self, x: Tensor, i: int, u: Tensor) -> Tensor:
+        mod = self.calls[i].module
+        k = sum(1 for c in self.calls[:i] if c.module is mod)
+        seen = [0]
+
+        def pre(m, inp):
+            hit = seen[0] == k
+            seen[0] += 1
+            if hit:
+                return (u, *inp[1:])
+            return None
+
+        h = mod.register_forward_pre_hook(pre)
+        try:
+            return self.model(x)
+        finally:
+            h.remove()
+
+    def run_from(self, i: int, u: Tensor, stop: int = None, input_shape=None) -> Tensor:
+        """Run the model from leaf call ``i`` with input ``u``; return the input of leaf call
+        ``stop`` (or the model's output when ``stop`` is None). Calls before ``i`` run on zeros
+        and are discarded."""
+        B = len(u)
+        shape = input_shape if input_shape is not None else self.calls[0].in_shape[1:]
+        x = torch.zeros((B, *shape), dtype=u.dtype, device=u.device) if i > 0 else u
+        if stop is None:
+            return self._run_injected(x, i, u) if i > 0 else self.model(u)
+        mod = self.calls[stop].module
+        k = sum(1 for c in self.calls[:stop] if c.module is mod)
+        seen = [0]
+        out = {}
+
+        def grab(m, inp):
+            if seen[0] == k:
+                out["x"] = inp[0]
+                raise _Stop
+            seen[0] += 1
+
+        h = mod.register_forward_pre_hook(grab)
+        try:
+            if i > 0:
+                self._run_injected(x, i, u)
+            else:
+                self.model(u)
+        except _Stop:
+            pass
+        finally:
+            h.remove()
+        return out["x"]
+
+    # --- display --------------------------------------------------------------------------
+    @property
+    def kinds(self) -> List[str]:
+        return [b.kind for b in self.blocks]
+
+    def __str__(self) -> str:
+        rows = [("block", "kind", "modules", "input", "output")]
+        for j, b in enumerate(self.blocks):
+            mods = [f"{c.name} ({type(c.module).__name__})" for c in b.calls]
+            if len(mods) > 4:
+                mods = mods[:2] + [f"... {len(mods) - 4} more ..."] + mods[-2:]
+            rows.append((str(j), b.kind, ", ".join(mods), str(tuple(b.in_shape[1:])),
+                         str(tuple(b.out_shape[1:]))))
+        w = [max(len(r[c]) for r in rows) for c in range(5)]
+        lines = [" | ".join(r[c].ljust(w[c]) for c in range(5)) for r in rows]
+        lines.insert(1, "-+-".join("-" * x for x in w))
+        return f"InversionPlan({type(self.model).__name__})\n" + "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _other_input(x: Tensor) -> Tensor:
+    g = torch.Generator(device="cpu").manual_seed(12345)
+    return (torch.randn(x.shape, generator=g, dtype=torch.float64) * (x.double().std() + 1) + 0.37).to(x)
+
+
+def _close(a, b, rtol) -> bool:
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape:
+        return False
+    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * (float(b.abs().max()) + 1e-6)))

@@ -105,7 +105,8 @@ def levenberg_marquardt(
         max_iter (int): iterations per sample.
         done_fn (callable, optional): ``(x, r, idx, aux) -> (b,) bool``, a sample is finished
             when True (``aux`` is None without ``has_aux``). Default: ``||r|| <= tol``.
-        bounds (tuple, optional): ``(lo, hi)`` box for every coordinate.
+        bounds (tuple, optional): ``(lo, hi)``: numbers, or tensors shaped like one sample
+            (per-coordinate; ``-inf`` / ``inf`` where unbounded).
         tol (float): residual tolerance of the default ``done_fn``.
         damping (float): initial ``mu``.
         damping_floor (float): smallest ``mu``.
@@ -121,8 +122,10 @@ def levenberg_marquardt(
     shape = x0.shape[1:]
     B = x0.shape[0]
     x = x0.detach().reshape(B, -1).clone()
-    if bounds is not None:
-        x.clamp_(bounds[0], bounds[1])
+    if bounds is not None:  # floats, or tensors of one sample's shape (per-coordinate bounds)
+        bounds = tuple(torch.as_tensor(b, dtype=x.dtype, device=x.device).expand(x0.shape[1:]).reshape(-1)
+                       for b in bounds)
+        x = torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
     dev = x.device
     done_fn = done_fn or (lambda xx, rr, ii, aux: rr.norm(dim=1) <= tol)
     all_idx = torch.arange(B, device=dev)
@@ -164,7 +167,7 @@ def levenberg_marquardt(
                 dx = -(Jf.transpose(1, 2) @ u).squeeze(-1)
         xt = xa + dx
         if bounds is not None:
-            xt = xt.clamp(bounds[0], bounds[1])
+            xt = torch.maximum(torch.minimum(xt, bounds[1]), bounds[0])
         rt, Jt, auxt = jac(act, xt)
         rtn = rt.norm(dim=1)
         dxe = xt - xa  # the step actually taken (after projection)
