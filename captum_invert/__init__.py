@@ -6,7 +6,7 @@ Captum-style inversion methods (subclasses of ``captum.attr.Attribution``)::
     x = BackwardPassInversion(model).attribute(target=3, n_samples=64, seed=0)
 """
 from ._core import (
-    BackwardPassInversion, ForwardPassInversion, GeneralizedInversion, InversionError,
+    BackwardPassInversion, ForwardPassInversion, GeneralizedInversion, InversionError, LayerInversion,
     InversionMethod,
 )
 from .blocks.plan import InversionPlan
@@ -14,5 +14,5 @@ from .blocks import register_activation
 
 __version__ = "0.1.0"
 
-__all__ = ["BackwardPassInversion", "ForwardPassInversion", "GeneralizedInversion", "InversionPlan", "InversionError", "InversionMethod", "register_activation",
+__all__ = ["BackwardPassInversion", "ForwardPassInversion", "GeneralizedInversion", "InversionPlan", "LayerInversion", "InversionError", "InversionMethod", "register_activation",
            "__version__"]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
-__all__ = ["LMResult", "levenberg_marquardt", "batched_jacobian"]
+__all__ = ["LMResult", "levenberg_marquardt", "levenberg_marquardt_cg", "batched_jacobian"]
 
 
 @dataclass
@@ -188,4 +188,136 @@ def levenberg_marquardt(
             with torch.no_grad():
                 done[acc] = done_fn(xt[good].view(len(acc), *shape), rt[good], acc,
                                     None if auxt is None else auxt[good]).to(dev)
+    return LMResult(x.view(B, *shape), done, n_iter, rnorm)
+
+
+def _math_attention():
+    """Context selecting PyTorch's composite ("math") attention kernel, which has forward-mode
+    and double-backward rules (the fused CPU kernels have neither)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.MATH])
+    except Exception:  # pragma: no cover - older torch
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _jvp_or_double_vjp(f, x, JT, r0):
+    """``v -> J v``: forward mode, with the math attention kernel when a fused kernel has no
+    forward-mode rule; else reverse-over-reverse (``J^T u`` is linear in ``u``, so the VJP of
+    ``u -> J^T u`` is ``J v``)."""
+    try:
+        jvp(f, (x,), (torch.zeros_like(x),))
+        return lambda v: jvp(f, (x,), (v,))[1]
+    except (NotImplementedError, RuntimeError):
+        pass
+    try:
+        with _math_attention():
+            jvp(f, (x,), (torch.zeros_like(x),))
+
+        def fwd(v):
+            with _math_attention():
+                return jvp(f, (x,), (v,))[1]
+
+        return fwd
+    except (NotImplementedError, RuntimeError):
+        u0 = torch.zeros_like(r0)
+        _, back = vjp(JT, u0)
+        return lambda v: back(v)[0]
+
+
+def levenberg_marquardt_cg(
+    residual_fn: Callable[[Tensor, Tensor], Tensor],
+    x0: Tensor,
+    max_iter: int = 30,
+    done_fn: Optional[Callable] = None,
+    bounds: Optional[Tuple] = None,
+    tol: float = 1e-6,
+    damping: float = 1e-3,
+    damping_floor: float = 1e-9,
+    cg_iters: int = 20,
+) -> LMResult:
+    """Matrix-free Levenberg-Marquardt for many residuals per sample (e.g. a whole activation).
+
+    The step solves ``(J J^T + lambda I) u = r`` by batched conjugate gradients, each CG
+    iteration one vector-Jacobian product and one Jacobian-vector product (``torch.func``), so the
+    cost does not grow with the number of residuals m as the explicit solver's m VJPs do.
+    ``lambda = mu * ||J^T r||^2 / ||r||^2`` (a Rayleigh quotient of ``J J^T``); acceptance, the
+    damping rule and the bounds are those of :func:`levenberg_marquardt`.
+
+    Args:
+        residual_fn (callable): ``(x, idx) -> r``, ``r`` of shape ``(b, m)``.
+        x0 (Tensor): ``(B, *shape)`` starting points.
+        max_iter, done_fn, bounds, tol, damping, damping_floor: as in
+            :func:`levenberg_marquardt` (``done_fn(x, r, idx, None)``).
+        cg_iters (int): conjugate-gradient iterations per step.
+
+    Returns:
+        LMResult
+    """
+    shape = x0.shape[1:]
+    B = x0.shape[0]
+    x = x0.detach().reshape(B, -1).clone()
+    if bounds is not None:
+        bounds = tuple(torch.as_tensor(b, dtype=x.dtype, device=x.device).expand(shape).reshape(-1)
+                       for b in bounds)
+        x = torch.maximum(torch.minimum(x, bounds[1]), bounds[0])
+    dev = x.device
+    done_fn = done_fn or (lambda xx, rr, ii, aux: rr.norm(dim=1) <= tol)
+    all_idx = torch.arange(B, device=dev)
+    with torch.no_grad():
+        r = residual_fn(x.view(B, *shape), all_idx).detach()
+        done = done_fn(x.view(B, *shape), r, all_idx, None).to(dev)
+    rnorm = r.norm(dim=1)
+    n_iter = torch.zeros(B, dtype=torch.long, device=dev)
+    mu = torch.full((B,), float(damping), dtype=x.dtype, device=dev)
+    nu = torch.full((B,), 2.0, dtype=x.dtype, device=dev)
+    tiny = torch.finfo(x.dtype).tiny
+    for _ in range(max_iter):
+        act = (~done).nonzero().squeeze(1)
+        if act.numel() == 0:
+            break
+        xa, ra = x[act], r[act]
+        f = lambda z: residual_fn(z.view(len(act), *shape), act).reshape(len(act), -1)  # noqa: E731
+        r0, vjp_fn = vjp(f, xa)
+        JT = lambda u: vjp_fn(u)[0]  # noqa: E731
+        Jv = _jvp_or_double_vjp(f, xa, JT, r0)
+        g = JT(ra)
+        lam = mu[act] * g.pow(2).sum(1) / ra.pow(2).sum(1).clamp_min(tiny)
+        # CG on (J J^T + lam I) u = r, batched; finished systems freeze
+        u = torch.zeros_like(ra)
+        res_cg = ra.clone()
+        p = res_cg.clone()
+        rs = res_cg.pow(2).sum(1)
+        for _ in range(cg_iters):
+            Ap = Jv(JT(p)) + lam[:, None] * p
+            alpha = rs / (p * Ap).sum(1).clamp_min(tiny)
+            u = u + alpha[:, None] * p
+            res_cg = res_cg - alpha[:, None] * Ap
+            rs_new = res_cg.pow(2).sum(1)
+            if bool((rs_new <= 1e-12 * ra.pow(2).sum(1)).all()):
+                break
+            p = res_cg + (rs_new / rs.clamp_min(tiny))[:, None] * p
+            rs = rs_new
+        dx = -JT(u).detach()
+        xt = xa + dx
+        if bounds is not None:
+            xt = torch.maximum(torch.minimum(xt, bounds[1]), bounds[0])
+        with torch.no_grad():
+            rt = residual_fn(xt.view(len(act), *shape), act).reshape(len(act), -1).detach()
+        rtn = rt.norm(dim=1)
+        pred = ra.pow(2).sum(1) - (ra + Jv(xt - xa).detach()).pow(2).sum(1)
+        rho = (rnorm[act].pow(2) - rtn.pow(2)) / pred.clamp_min(tiny)
+        good = torch.isfinite(rtn) & (rtn < rnorm[act]) & (rho > 0)
+        n_iter[act] += 1
+        shrink = torch.clamp(1 - (2 * rho.clamp(max=1.0) - 1) ** 3, min=1 / 3)
+        mu[act] = torch.where(good, (mu[act] * shrink).clamp_min(damping_floor), mu[act] * nu[act])
+        nu[act] = torch.where(good, torch.full_like(nu[act], 2.0), nu[act] * 2)
+        acc = act[good]
+        if acc.numel():
+            x[acc], r[acc], rnorm[acc] = xt[good], rt[good], rtn[good]
+            with torch.no_grad():
+                done[acc] = done_fn(xt[good].view(len(acc), *shape), rt[good], acc, None).to(dev)
     return LMResult(x.view(B, *shape), done, n_iter, rnorm)

@@ -54,3 +54,18 @@ def test_jacobian_modes_agree(mode):
     r, J = batched_jacobian(f, x, mode)
     expect = torch.cos(x @ W.T)[:, :, None] * W[None]
     assert torch.allclose(J, expect) and torch.allclose(r, f(x))
+
+
+def test_matrix_free_solver_matches_the_explicit_one():
+    from captum_invert.solvers import levenberg_marquardt_cg
+
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(40, 30, generator=g, dtype=torch.float64) / 6
+    xs = torch.randn(4, 30, generator=g, dtype=torch.float64)
+    b = torch.tanh(xs @ A.T)
+    f = lambda x, idx: torch.tanh(x @ A.T) - b[idx]  # noqa: E731  (40 residuals, 30 unknowns)
+    x0 = torch.zeros(4, 30, dtype=torch.float64)
+    a = levenberg_marquardt(f, x0, max_iter=60, tol=1e-9)
+    c = levenberg_marquardt_cg(f, x0, max_iter=60, tol=1e-9, cg_iters=40)
+    assert a.done.all() and c.done.all()
+    assert torch.allclose(c.x, xs, atol=1e-6) and torch.allclose(a.x, xs, atol=1e-6)
