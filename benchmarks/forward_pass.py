@@ -103,7 +103,6 @@ def iteration_vs_jacobian(model, n=256, reps=5):
     for _ in range(reps):
         batched_jacobian(f, x)
     t_jac = (time.perf_counter() - t) / reps
-    res = lambda z, idx: f(z)[idx] if len(idx) == n else f(z)  # noqa: E731
     never = lambda *a: torch.zeros(len(a[2]), dtype=torch.bool)  # noqa: E731
     t = time.perf_counter()
     for _ in range(reps):

@@ -129,8 +129,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.samples_per_class < 1 or args.epochs < 1:
             parser.error("--samples-per-class and --epochs must be >= 1")
         try:
-            m = run_demo(args.dataset, args.data_root, args.out, args.samples_per_class,
-                         args.epochs, args.seed, not args.no_progress)
+            run_demo(args.dataset, args.data_root, args.out, args.samples_per_class,
+                     args.epochs, args.seed, not args.no_progress)
         except (ValueError, FileNotFoundError) as e:
             print(f"captum-invert: error: {e}", file=sys.stderr)
             return 2

@@ -13,7 +13,7 @@ from ..blocks.activations import ElementwiseInverse, get_inverse, interior, regi
 from ..blocks.linear import LinearInverse, linear_inverse
 from ..blocks.plan import LeafTrace, model_mode_guard
 from .base import (
-    Goal, InversionMethod, _check_pos, _check_prob, count_reasons, make_generator, random_starts,
+    Goal, InversionMethod, count_reasons, make_generator, random_starts,
 )
 
 __all__ = ["BackwardPassInversion"]
@@ -393,21 +393,10 @@ class BackwardPassInversion(InversionMethod):
             ValueError: a bad argument, or a model that is not an invertible chain.
             InversionError: some samples did not verify (and ``allow_unverified`` is False).
         """
-        if not (isinstance(std, (int, float)) and not isinstance(std, bool) and std >= 0 and math.isfinite(std)):
-            raise ValueError(f"`std` must be a finite float >= 0, got {std!r}")
-        if isinstance(cond_num, bool) or not isinstance(cond_num, (int, float)) or not cond_num > 1:
-            raise ValueError(f"`cond_num` must be a number > 1 (inf allowed), got {cond_num!r}")
-        _check_prob("margin", margin, 0.0, 0.5)
-        _check_pos("max_iter", max_iter, allow_zero=True, integer=True)
-        _check_pos("max_retries", max_retries, allow_zero=True, integer=True)
-        _check_pos("init_std", init_std)
+        self._check_analytic_args(std, cond_num, margin)
+        self._check_solver_args(max_iter, max_retries, init_std)
         input_range = self._check_range(input_range)
-        n_inputs = None
-        if inputs is not None:
-            if not isinstance(inputs, Tensor) or tuple(inputs.shape[1:]) != self.input_shape:
-                raise ValueError(f"`inputs` must be a tensor of shape (N, {', '.join(map(str, self.input_shape))}), "
-                                 f"got {tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}")
-            n_inputs = len(inputs)
+        n_inputs = self._check_inputs(inputs)
         gen = make_generator(seed)
         with model_mode_guard(self.forward_func):
             kind, n_classes, trace = self._probe()

@@ -280,6 +280,31 @@ class InversionMethod(Attribution):
             raise ValueError(f"`target` class index {bad[0]} is out of range [0, {n_classes})")
         return Goal(torch.tensor(labels, dtype=torch.int64), None, n_classes, min_prob, atol)
 
+    def _check_inputs(self, inputs) -> Optional[int]:
+        """``None`` or the number of rows of ``inputs`` after checking its shape."""
+        if inputs is None:
+            return None
+        if not isinstance(inputs, Tensor) or tuple(inputs.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"`inputs` must be a tensor of shape (N, {', '.join(map(str, self.input_shape))}), "
+                f"got {tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}"
+            )
+        return len(inputs)
+
+    @staticmethod
+    def _check_solver_args(max_iter, max_retries, init_std) -> None:
+        _check_pos("max_iter", max_iter, allow_zero=True, integer=True)
+        _check_pos("max_retries", max_retries, allow_zero=True, integer=True)
+        _check_pos("init_std", init_std)
+
+    @staticmethod
+    def _check_analytic_args(std, cond_num, margin) -> None:
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or not (std >= 0 and math.isfinite(std)):
+            raise ValueError(f"`std` must be a finite float >= 0, got {std!r}")
+        if isinstance(cond_num, bool) or not isinstance(cond_num, (int, float)) or not cond_num > 1:
+            raise ValueError(f"`cond_num` must be a number > 1 (inf allowed), got {cond_num!r}")
+        _check_prob("margin", margin, 0.0, 0.5)
+
     @staticmethod
     def _check_range(input_range) -> Optional[Tuple[float, float]]:
         if input_range is None:

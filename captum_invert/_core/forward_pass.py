@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..blocks.plan import model_mode_guard
-from .base import InversionMethod, _check_pos, count_reasons, make_generator, random_starts
+from .base import InversionMethod, count_reasons, make_generator, random_starts
 
 __all__ = ["ForwardPassInversion"]
 
@@ -92,20 +92,11 @@ class ForwardPassInversion(InversionMethod):
             ValueError: a bad argument.
             InversionError: some samples did not verify (and ``allow_unverified`` is False).
         """
-        _check_pos("max_iter", max_iter, allow_zero=True, integer=True)
-        _check_pos("max_retries", max_retries, allow_zero=True, integer=True)
-        _check_pos("init_std", init_std)
+        self._check_solver_args(max_iter, max_retries, init_std)
         if residual not in _RESIDUALS:
             raise ValueError(f"`residual` must be one of {_RESIDUALS}, got {residual!r}")
         input_range = self._check_range(input_range)
-        n_inputs = None
-        if inputs is not None:
-            if not isinstance(inputs, Tensor) or tuple(inputs.shape[1:]) != self.input_shape:
-                raise ValueError(
-                    f"`inputs` must be a tensor of shape (N, {', '.join(map(str, self.input_shape))}), "
-                    f"got {tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}"
-                )
-            n_inputs = len(inputs)
+        n_inputs = self._check_inputs(inputs)
         gen = make_generator(seed)
         dtype, device = self._model_dtype_device()
         with model_mode_guard(self.forward_func):

@@ -12,7 +12,7 @@ from ..blocks.plan import InversionPlan, model_mode_guard
 from ..solvers.lm import levenberg_marquardt
 from .backward_pass import BackwardPassInversion, build_chain
 from .base import (
-    InversionMethod, _check_pos, _check_prob, count_reasons, make_generator, random_starts,
+    InversionMethod, count_reasons, make_generator, random_starts,
 )
 
 __all__ = ["GeneralizedInversion"]
@@ -118,20 +118,10 @@ class GeneralizedInversion(InversionMethod):
         Returns:
             Tensor or (Tensor, Tensor): inputs ``(N, *input_shape)`` (and ``delta`` ``(N,)``).
         """
-        if not (isinstance(std, (int, float)) and not isinstance(std, bool) and std >= 0 and math.isfinite(std)):
-            raise ValueError(f"`std` must be a finite float >= 0, got {std!r}")
-        if isinstance(cond_num, bool) or not isinstance(cond_num, (int, float)) or not cond_num > 1:
-            raise ValueError(f"`cond_num` must be a number > 1, got {cond_num!r}")
-        _check_prob("margin", margin, 0.0, 0.5)
-        _check_pos("max_iter", max_iter, allow_zero=True, integer=True)
-        _check_pos("max_retries", max_retries, allow_zero=True, integer=True)
-        _check_pos("init_std", init_std)
+        self._check_analytic_args(std, cond_num, margin)
+        self._check_solver_args(max_iter, max_retries, init_std)
         input_range = self._check_range(input_range)
-        n_inputs = None
-        if inputs is not None:
-            if not isinstance(inputs, Tensor) or tuple(inputs.shape[1:]) != self.input_shape:
-                raise ValueError(f"`inputs` must be a tensor of shape (N, {', '.join(map(str, self.input_shape))})")
-            n_inputs = len(inputs)
+        n_inputs = self._check_inputs(inputs)
         gen = make_generator(seed)
         with model_mode_guard(self.forward_func):
             kind, n_classes, _ = self._probe()
@@ -152,7 +142,6 @@ class GeneralizedInversion(InversionMethod):
              max_retries, inputs, return_delta, allow_unverified):
         plan = self.plan
         blocks = plan.blocks
-        model = self.forward_func
         dtype, device = self._model_dtype_device()
         head = blocks[0] if blocks[0].kind == "analytic" and _has_linear(blocks[0]) else None
         tail = blocks[-1] if blocks[-1].kind == "analytic" and _has_linear(blocks[-1]) else None

@@ -250,24 +250,25 @@ class InversionPlan:
             ]
 
     # --- running parts of the model -------------------------------------------------------
-    def block_input(self, x: Tensor, i: int) -> Tensor:
-        """The input of leaf call ``i`` when the model runs on ``x`` (the rest is skipped)."""
-        if i == 0:
-            return x
+    def _call_index(self, i: int) -> int:
+        """How many times leaf call ``i``'s module ran before call ``i``."""
         mod = self.calls[i].module
-        seen = [0]
-        out = {}
-        k = sum(1 for c in self.calls[:i] if c.module is mod)  # which call of that module
+        return sum(1 for c in self.calls[:i] if c.module is mod)
 
-        def pre(m, inp):
+    def _input_of(self, i: int, run) -> Tensor:
+        """Run ``run()`` and return the input of leaf call ``i`` (the rest is skipped)."""
+        mod, k = self.calls[i].module, self._call_index(i)
+        seen, out = [0], {}
+
+        def grab(m, inp):
             if seen[0] == k:
                 out["x"] = inp[0]
                 raise _Stop
             seen[0] += 1
 
-        h = mod.register_forward_pre_hook(pre)
+        h = mod.register_forward_pre_hook(grab)
         try:
-            self.model(x)
+            run()
         except _Stop:
             pass
         finally:
@@ -276,17 +277,18 @@ class InversionPlan:
             raise RuntimeError(f"leaf call {i} ({self.calls[i]}) was not reached")
         return out["x"]
 
+    def block_input(self, x: Tensor, i: int) -> Tensor:
+        """The input of leaf call ``i`` when the model runs on ``x`` (the rest is skipped)."""
+        return x if i == 0 else self._input_of(i, lambda: self.model(x))
+
     def _run_injected(self, x: Tensor, i: int, u: Tensor) -> Tensor:
-        mod = self.calls[i].module
-        k = sum(1 for c in self.calls[:i] if c.module is mod)
+        mod, k = self.calls[i].module, self._call_index(i)
         seen = [0]
 
         def pre(m, inp):
             hit = seen[0] == k
             seen[0] += 1
-            if hit:
-                return (u, *inp[1:])
-            return None
+            return (u, *inp[1:]) if hit else None
 
         h = mod.register_forward_pre_hook(pre)
         try:
@@ -298,33 +300,10 @@ class InversionPlan:
         """Run the model from leaf call ``i`` with input ``u``; return the input of leaf call
         ``stop`` (or the model's output when ``stop`` is None). Calls before ``i`` run on zeros
         and are discarded."""
-        B = len(u)
         shape = input_shape if input_shape is not None else self.calls[0].in_shape[1:]
-        x = torch.zeros((B, *shape), dtype=u.dtype, device=u.device) if i > 0 else u
-        if stop is None:
-            return self._run_injected(x, i, u) if i > 0 else self.model(u)
-        mod = self.calls[stop].module
-        k = sum(1 for c in self.calls[:stop] if c.module is mod)
-        seen = [0]
-        out = {}
-
-        def grab(m, inp):
-            if seen[0] == k:
-                out["x"] = inp[0]
-                raise _Stop
-            seen[0] += 1
-
-        h = mod.register_forward_pre_hook(grab)
-        try:
-            if i > 0:
-                self._run_injected(x, i, u)
-            else:
-                self.model(u)
-        except _Stop:
-            pass
-        finally:
-            h.remove()
-        return out["x"]
+        x = torch.zeros((len(u), *shape), dtype=u.dtype, device=u.device) if i > 0 else u
+        run = (lambda: self._run_injected(x, i, u)) if i > 0 else (lambda: self.model(u))
+        return run() if stop is None else self._input_of(stop, run)
 
     # --- display --------------------------------------------------------------------------
     @property

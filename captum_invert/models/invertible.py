@@ -1,7 +1,6 @@
 """Seed 001's square invertible nets (every layer a bijection of R^784)."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 __all__ = ["InvertibleNet", "invertible_base", "invertible_small", "invertible_no_activations"]

@@ -16,7 +16,7 @@ trained with AdamW for 32 epochs, batch 32, with an EMA of the weights. Here:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Union
 
 import torch
 from torch import Tensor

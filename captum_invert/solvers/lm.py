@@ -73,6 +73,17 @@ def batched_jacobian(f: Callable[[Tensor], Tensor], x: Tensor, mode: str = "auto
     return r.detach(), J.detach()
 
 
+def _accept_and_update(rnorm, rtn, pred, act, mu, nu, damping_floor) -> Tensor:
+    """Gain-ratio test and Nielsen's damping update for the samples ``act`` (in place on
+    ``mu``, ``nu``); returns which trial points are accepted."""
+    rho = (rnorm[act].pow(2) - rtn.pow(2)) / pred.clamp_min(torch.finfo(rtn.dtype).tiny)
+    good = torch.isfinite(rtn) & (rtn < rnorm[act]) & (rho > 0)
+    shrink = torch.clamp(1 - (2 * rho.clamp(max=1.0) - 1) ** 3, min=1 / 3)
+    mu[act] = torch.where(good, (mu[act] * shrink).clamp_min(damping_floor), mu[act] * nu[act])
+    nu[act] = torch.where(good, torch.full_like(nu[act], 2.0), nu[act] * 2)
+    return good
+
+
 def _reverse(r: Tensor, vjp_fn):
     # one VJP per residual on a shared forward pass (a loop, not vmap: attention's backward has
     # no batching rule and vmap would fall back to a per-sample loop)
@@ -172,12 +183,8 @@ def levenberg_marquardt(
         rtn = rt.norm(dim=1)
         dxe = xt - xa  # the step actually taken (after projection)
         pred = ra.pow(2).sum(1) - (ra + (Ja @ dxe.unsqueeze(-1)).squeeze(-1)).pow(2).sum(1)
-        rho = (rnorm[act].pow(2) - rtn.pow(2)) / pred.clamp_min(torch.finfo(x.dtype).tiny)
-        good = torch.isfinite(rtn) & (rtn < rnorm[act]) & (rho > 0)
+        good = _accept_and_update(rnorm, rtn, pred, act, mu, nu, damping_floor)
         n_iter[act] += 1
-        shrink = torch.clamp(1 - (2 * rho.clamp(max=1.0) - 1) ** 3, min=1 / 3)
-        mu[act] = torch.where(good, (mu[act] * shrink).clamp_min(damping_floor), mu[act] * nu[act])
-        nu[act] = torch.where(good, torch.full_like(nu[act], 2.0), nu[act] * 2)
         acc = act[good]
         if full and bool(good.all()):
             x, r, J, rnorm = xt, rt, Jt, rtn
@@ -309,12 +316,8 @@ def levenberg_marquardt_cg(
             rt = residual_fn(xt.view(len(act), *shape), act).reshape(len(act), -1).detach()
         rtn = rt.norm(dim=1)
         pred = ra.pow(2).sum(1) - (ra + Jv(xt - xa).detach()).pow(2).sum(1)
-        rho = (rnorm[act].pow(2) - rtn.pow(2)) / pred.clamp_min(tiny)
-        good = torch.isfinite(rtn) & (rtn < rnorm[act]) & (rho > 0)
+        good = _accept_and_update(rnorm, rtn, pred, act, mu, nu, damping_floor)
         n_iter[act] += 1
-        shrink = torch.clamp(1 - (2 * rho.clamp(max=1.0) - 1) ** 3, min=1 / 3)
-        mu[act] = torch.where(good, (mu[act] * shrink).clamp_min(damping_floor), mu[act] * nu[act])
-        nu[act] = torch.where(good, torch.full_like(nu[act], 2.0), nu[act] * 2)
         acc = act[good]
         if acc.numel():
             x[acc], r[acc], rnorm[acc] = xt[good], rt[good], rtn[good]

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from torch import nn
 
 from captum_invert import BackwardPassInversion, ForwardPassInversion, GeneralizedInversion
 from captum_invert.metrics import mean_pairwise_distance
