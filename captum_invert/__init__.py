@@ -9,10 +9,16 @@ from ._core import (
     BackwardPassInversion, ForwardPassInversion, GeneralizedInversion, InversionError, LayerInversion,
     InversionMethod,
 )
+from ._core.baselines import (
+    ActivationMaximization, DatasetSearch, ExactInversion, MiddleFilter, PixelImportance,
+    PseudoInverseInversion, TopBottomFilter, stability_report,
+)
 from .blocks.plan import InversionPlan
 from .blocks import register_activation
 
 __version__ = "0.1.0"
 
-__all__ = ["BackwardPassInversion", "ForwardPassInversion", "GeneralizedInversion", "InversionPlan", "LayerInversion", "InversionError", "InversionMethod", "register_activation",
+__all__ = ["ActivationMaximization", "DatasetSearch", "ExactInversion", "MiddleFilter",
+           "PixelImportance", "PseudoInverseInversion", "TopBottomFilter", "stability_report",
+           "BackwardPassInversion", "ForwardPassInversion", "GeneralizedInversion", "InversionPlan", "LayerInversion", "InversionError", "InversionMethod", "register_activation",
            "__version__"]

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-__all__ = ["main", "run_demo"]
+__all__ = ["main", "run_demo", "run_compare"]
 
 
 def _markdown_table(rows: List[dict], cols: List[str]) -> str:
@@ -111,6 +111,94 @@ def run_demo(dataset: str = "digits", data_root=None, out="demo_out", samples_pe
     return metrics
 
 
+def run_compare(dataset: str = "digits", data_root=None, out="compare_out", samples_per_class: int = 4,
+                epochs: int = 20, vit_epochs: int = 20, seed: int = 0, progress: bool = True) -> dict:
+    """Every method side by side, like the seed paper's Fig. 3: rows are methods, columns are
+    classes, each image captioned with the probability its model gives the target class.
+    Writes ``methods.png``, ``methods.json`` and ``methods.md`` to ``out``.
+
+    The seed-002 methods (pseudo-inverse with and without filters, pixel importance) run on seed
+    002's MLP, as in that paper; dataset search and activation maximization on the 2-layer SELU
+    net; the backward pass on the 1/2/6-layer SELU nets; the forward pass on the small ViT.
+
+    Returns:
+        dict: the table.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import torch
+    from tqdm.auto import tqdm
+
+    from . import (ActivationMaximization, BackwardPassInversion, DatasetSearch,
+                   ForwardPassInversion, InversionError, MiddleFilter, PixelImportance,
+                   PseudoInverseInversion, TopBottomFilter)
+    from .datasets import load_dataset
+    from .metrics import mean_pairwise_distance, nearest_distance, target_probability
+    from .models import MLP, TrainConfig, seed_fcnn, train, vit_mnist_small
+    from .visualization import plot_inversion_grid
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tr = load_dataset(dataset, "train", data_root)
+    xtr, ytr = tr.tensors
+    C = int(ytr.max()) + 1
+    shape = tuple(xtr.shape[1:])
+    d_in = xtr[0].numel()
+    cfg = TrainConfig(epochs=epochs, seed=seed)
+    nets = {d: train(seed_fcnn(d, d_in, C, shape), tr, cfg, progress=progress) for d in (1, 2, 6)}
+    mlp = train(MLP(d_in, C, input_shape=shape), tr, cfg, progress=progress)
+    vit = train(vit_mnist_small(img_size=shape[-1], num_classes=C), tr,
+                TrainConfig(epochs=vit_epochs, lr=1e-3, optimizer="adamw", seed=seed), progress=progress)
+    K = samples_per_class
+    methods = [
+        ("dataset search (best)", nets[2], lambda c: DatasetSearch(nets[2], xtr).attribute(target=c, n_samples=K, allow_unverified=True)),
+        ("dataset search (mean 25%)", nets[2], lambda c: DatasetSearch(nets[2], xtr).attribute(target=c, n_samples=K, mode="mean", allow_unverified=True)),
+        ("pixel importance (MLP)", mlp, lambda c: PixelImportance(mlp).attribute(target=c, n_samples=K, allow_unverified=True)),
+        ("pseudo-inverse (MLP)", mlp, lambda c: PseudoInverseInversion(mlp).attribute(target=c, n_samples=K, allow_unverified=True)),
+        ("pseudo-inverse, top/bottom 10% (MLP)", mlp, lambda c: PseudoInverseInversion(mlp).attribute(target=c, n_samples=K, filter=TopBottomFilter(0.1), allow_unverified=True)),
+        ("pseudo-inverse, middle 10% (MLP)", mlp, lambda c: PseudoInverseInversion(mlp).attribute(target=c, n_samples=K, filter=MiddleFilter(0.1), allow_unverified=True)),
+        ("activation maximization", nets[2], lambda c: ActivationMaximization(nets[2]).attribute(target=c, n_samples=K, seed=seed + c, input_range=(0.0, 1.0), allow_unverified=True)),
+    ] + [
+        (f"backward pass, {d}-layer", nets[d], (lambda d: lambda c: BackwardPassInversion(nets[d]).attribute(target=c, n_samples=K, seed=seed + c, allow_unverified=True))(d))
+        for d in (1, 2, 6)
+    ] + [
+        ("forward pass, ViT", vit, lambda c: ForwardPassInversion(vit).attribute(target=c, n_samples=K, seed=seed + c, allow_unverified=True)),
+    ]
+    examples = torch.stack([xtr[(ytr == c).nonzero()[0, 0]] for c in range(C)])
+    rows = [("training\nexample", examples, target_probability(nets[2], examples, torch.arange(C)))]
+    table = []
+    for name, model, fn in tqdm(methods, desc="methods", disable=not progress, leave=False):
+        firsts, probs, pt, near, div, t = [], [], [], [], [], 0.0
+        for c in range(C):
+            t0 = time.perf_counter()
+            try:
+                x = fn(c)
+            except InversionError as e:  # allow_unverified is set; kept for safety
+                x = e.result
+            t += time.perf_counter() - t0
+            p = target_probability(model, x, c)
+            pt.append(p)
+            near.append(nearest_distance(x, xtr))
+            div.append(mean_pairwise_distance(x))
+            firsts.append(x[0])
+            probs.append(float(p[0]))
+        rows.append((name.replace(", ", ",\n"), torch.stack(firsts), torch.tensor(probs)))
+        allp = torch.cat(pt)
+        table.append({"method": name, "verified %": 100.0 * float((allp >= 0.9).double().mean()),
+                      "mean target prob": float(allp.mean()),
+                      "dist to nearest train": float(torch.cat(near).mean()),
+                      "mean pairwise dist": sum(div) / len(div), "s / sample": t / (C * K)})
+    fig = plot_inversion_grid(rows, [str(i) for i in range(C)],
+                              title=f"Inversion methods on {dataset} (p: the model's probability of the class)")
+    fig.savefig(out / "methods.png", dpi=100)
+    res = {"dataset": dataset, "samples_per_class": K, "methods": table}
+    (out / "methods.json").write_text(json.dumps(res, indent=2))
+    cols = ["method", "verified %", "mean target prob", "dist to nearest train", "mean pairwise dist", "s / sample"]
+    (out / "methods.md").write_text(f"# Inversion methods side by side ({dataset})\n\n" + _markdown_table(table, cols))
+    return res
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="captum-invert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,7 +212,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     d.add_argument("--epochs", type=int, default=20)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
+    c = sub.add_parser("compare", help="every inversion method side by side (figure + table)")
+    c.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
+    c.add_argument("--data-root", default=None)
+    c.add_argument("--out", default="compare_out")
+    c.add_argument("--samples-per-class", type=int, default=4)
+    c.add_argument("--epochs", type=int, default=20)
+    c.add_argument("--vit-epochs", type=int, default=20)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        if args.samples_per_class < 1 or args.epochs < 1 or args.vit_epochs < 1:
+            parser.error("--samples-per-class, --epochs and --vit-epochs must be >= 1")
+        try:
+            run_compare(args.dataset, args.data_root, args.out, args.samples_per_class, args.epochs,
+                        args.vit_epochs, args.seed, not args.no_progress)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"captum-invert: error: {e}", file=sys.stderr)
+            return 2
+        print(Path(args.out, "methods.md").read_text())
+        print(f"wrote {os.path.join(args.out, 'methods.png')}, methods.json, methods.md")
+        return 0
     if args.command == "demo":
         if args.samples_per_class < 1 or args.epochs < 1:
             parser.error("--samples-per-class and --epochs must be >= 1")

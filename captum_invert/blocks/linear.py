@@ -85,7 +85,7 @@ def capped_svd(weight: Tensor, cond_num: float):
     if S.numel() == 0 or S[0] == 0:
         r = 0
     else:
-        r = int((S >= S[0] / cond_num).sum())
+        r = int(((S >= S[0] / cond_num) & (S > 0)).sum())
     return U[:, :r], S[:r], Vh[:r].T, Vh[r:].T, S
 
 
