@@ -7,6 +7,7 @@ Captum-style inversion methods (subclasses of ``captum.attr.Attribution``)::
 """
 from ._core import (
     BackwardPassInversion, ForwardPassInversion, GeneralizedInversion, InversionError, LayerInversion,
+    LearnedInversion,
     InversionMethod,
 )
 from ._core.baselines import (
@@ -20,5 +21,5 @@ __version__ = "0.1.0"
 
 __all__ = ["ActivationMaximization", "DatasetSearch", "ExactInversion", "MiddleFilter",
            "PixelImportance", "PseudoInverseInversion", "TopBottomFilter", "stability_report",
-           "BackwardPassInversion", "ForwardPassInversion", "GeneralizedInversion", "InversionPlan", "LayerInversion", "InversionError", "InversionMethod", "register_activation",
+           "BackwardPassInversion", "ForwardPassInversion", "GeneralizedInversion", "InversionPlan", "LayerInversion", "LearnedInversion", "InversionError", "InversionMethod", "register_activation",
            "__version__"]

@@ -3,6 +3,7 @@ from .backward_pass import BackwardPassInversion
 from .forward_pass import ForwardPassInversion
 from .generalized import GeneralizedInversion
 from .layer import LayerInversion
+from .learned import LearnedInversion
 from .base import Goal, InversionError, InversionMethod
 
-__all__ = ["BackwardPassInversion", "ForwardPassInversion", "GeneralizedInversion", "LayerInversion", "Goal", "InversionError", "InversionMethod"]
+__all__ = ["BackwardPassInversion", "ForwardPassInversion", "GeneralizedInversion", "LayerInversion", "LearnedInversion", "Goal", "InversionError", "InversionMethod"]

@@ -1,0 +1,253 @@
+"""LearnedInversion: an inversion network that predicts the expected pre-image E[x | phi(x)]
+(seed 003: Dosovitskiy & Brox, "Inverting Visual Representations with Convolutional Networks",
+CVPR 2016)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..blocks.plan import model_mode_guard
+from .base import InversionMethod
+
+__all__ = ["LearnedInversion", "DefaultDecoder"]
+
+
+class _Stop(Exception):
+    pass
+
+
+class DefaultDecoder(nn.Module):
+    """Seed 003's decoder shape at MNIST scale: fully connected layers, then up-convolutions,
+    with LeakyReLU(0.2).
+
+    Images ``(C, H, W)``: ``Linear(d, 512) -> Linear(512, 64 * H/4 * W/4) -> ConvTranspose 64->32
+    (x2) -> ConvTranspose 32->C (x2)``, cropped to ``H x W``. Flat inputs: three Linear layers.
+
+    Args:
+        feature_dim (int): size of the (flattened) features.
+        input_shape (tuple of int): shape of one image.
+        width (int): width of the first fully connected layer.
+    """
+
+    def __init__(self, feature_dim: int, input_shape, width: int = 512) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        act = lambda: nn.LeakyReLU(0.2)  # noqa: E731
+        if len(self.input_shape) == 3:
+            C, H, W = self.input_shape
+            self.h0, self.w0 = math.ceil(H / 4), math.ceil(W / 4)
+            self.fc = nn.Sequential(nn.Linear(feature_dim, width), act(),
+                                    nn.Linear(width, 64 * self.h0 * self.w0), act())
+            self.up = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, 2, 1), act(),
+                                    nn.ConvTranspose2d(32, C, 4, 2, 1))
+        else:
+            n = math.prod(self.input_shape)
+            self.fc = nn.Sequential(nn.Linear(feature_dim, width), act(), nn.Linear(width, width), act(),
+                                    nn.Linear(width, n))
+            self.up = None
+
+    def forward(self, f: Tensor) -> Tensor:
+        h = self.fc(f)
+        if self.up is None:
+            return h.view(len(f), *self.input_shape)
+        h = self.up(h.view(len(f), 64, self.h0, self.w0))
+        return h[:, :, : self.input_shape[1], : self.input_shape[2]]
+
+
+class LearnedInversion(InversionMethod):
+    r"""Invert a representation with a trained network: ``f(phi(x)) ~= E[x | phi(x)]``
+    (seed 003, Dosovitskiy & Brox 2016).
+
+    The decoder ``f`` minimizes ``E ||x - f(phi(x))||^2`` with the encoder ``phi`` frozen. The
+    features come from a layer of ``model`` (a forward hook; ``layer='logits'`` or ``'probs'``
+    for the output), or from any ``feature_fn``, differentiable or not (LBP, HOG, binarized
+    codes: see :mod:`captum_invert.features`). The features of the training set are computed
+    once, so an epoch costs only the decoder. At test time a reconstruction is one forward pass.
+    The convergence delta of :meth:`attribute` is each reconstruction's L2 error.
+
+    Args:
+        model (nn.Module, optional): the encoder network.
+        layer (nn.Module, str, optional): a module of ``model`` (or its name), ``'logits'``
+            (default) or ``'probs'``.
+        feature_fn (callable, optional): ``images (N, *input_shape) -> features (N, ...)``,
+            instead of ``model``.
+        decoder (nn.Module, optional): maps ``(N, feature_dim)`` to ``(N, *input_shape)``;
+            default :class:`DefaultDecoder`.
+        input_shape (tuple of int, optional): shape of one image (required with ``feature_fn``).
+    """
+
+    def __init__(self, model: Optional[nn.Module] = None, layer: Union[None, str, nn.Module] = None,
+                 feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
+                 decoder: Optional[nn.Module] = None, input_shape=None) -> None:
+        if (model is None) == (feature_fn is None):
+            raise ValueError("give exactly one of `model` and `feature_fn`")
+        if feature_fn is not None and not callable(feature_fn):
+            raise ValueError("`feature_fn` must be callable")
+        if feature_fn is not None and input_shape is None:
+            raise ValueError("`input_shape` is required with `feature_fn`")
+        super().__init__(model if model is not None else feature_fn, input_shape)
+        self.encoder, self.feature_fn = model, feature_fn
+        if model is not None:
+            if layer is None:
+                layer = "logits"
+            if isinstance(layer, str) and layer not in ("logits", "probs"):
+                mods = dict(model.named_modules())
+                if layer not in mods:
+                    raise ValueError(f"`layer`: the model has no module named {layer!r} "
+                                     "(or use 'logits' / 'probs')")
+                layer = mods[layer]
+            elif isinstance(layer, nn.Module) and not any(m is layer for m in model.modules()):
+                raise ValueError("`layer` must be a module of `model`")
+        self.layer = layer
+        self.decoder = decoder
+        self.feature_dim: Optional[int] = None
+        self.history: List[float] = []
+
+    # --- features -------------------------------------------------------------------------
+    def features(self, x: Tensor, batch_size: int = 512) -> Tensor:
+        """``(N, feature_dim)`` flattened float32 features of images ``x`` (no gradient)."""
+        out = []
+        for i in range(0, len(x), batch_size):
+            out.append(self._features(x[i:i + batch_size]).reshape(min(batch_size, len(x) - i), -1).float())
+        return torch.cat(out)
+
+    def _features(self, x: Tensor) -> Tensor:
+        if self.feature_fn is not None:
+            f = self.feature_fn(x)
+            return torch.as_tensor(f).detach().cpu()
+        p = next(self.encoder.parameters())
+        x = x.to(dtype=p.dtype, device=p.device)
+        with model_mode_guard(self.encoder), torch.no_grad():
+            if self.layer in ("logits", "probs"):
+                out = self.encoder(x)
+                return (torch.softmax(out, 1) if self.layer == "probs" else out).cpu()
+            got = {}
+
+            def grab(m, i, o):
+                got["a"] = o
+                raise _Stop
+
+            h = self.layer.register_forward_hook(grab)
+            try:
+                self.encoder(x)
+            except _Stop:
+                pass
+            finally:
+                h.remove()
+            if "a" not in got:
+                raise ValueError("`layer` is not executed by the model's forward pass")
+            return got["a"].cpu()
+
+    # --- training -------------------------------------------------------------------------
+    def fit(self, data, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
+            progress: bool = True, features: Optional[Tensor] = None) -> "LearnedInversion":
+        """Train the decoder on ``data`` (a ``TensorDataset`` of ``(images, labels)`` or an image
+        tensor), encoder frozen; Adam, lr 1e-3, batch 64 as in the seed.
+
+        Args:
+            data: training images.
+            epochs (int): passes over the data.
+            lr (float): Adam's learning rate.
+            batch_size (int): batch size.
+            seed (int): initialization and shuffling seed.
+            progress (bool): tqdm bar.
+            features (Tensor, optional): precomputed features of ``data`` (else computed once).
+
+        Returns:
+            LearnedInversion: ``self``, with ``history`` (mean loss per epoch).
+        """
+        x = data.tensors[0] if hasattr(data, "tensors") else data
+        if not isinstance(x, Tensor) or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"`data` must hold images of shape (N, {', '.join(map(str, self.input_shape))})")
+        if epochs < 1 or batch_size < 1 or not lr > 0:
+            raise ValueError("`epochs` and `batch_size` must be >= 1 and `lr` > 0")
+        x = x.float().cpu()
+        f = self.features(x) if features is None else features.float().reshape(len(x), -1).cpu()
+        self.feature_dim = f.shape[1]
+        g = torch.Generator().manual_seed(seed)
+        if self.decoder is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.decoder = DefaultDecoder(self.feature_dim, self.input_shape)
+        self._f_mean, self._f_std = f.mean(0), f.std(0).clamp_min(1e-6)
+        fn = (f - self._f_mean) / self._f_std
+        opt = torch.optim.Adam(self.decoder.parameters(), lr=lr)
+        from tqdm.auto import tqdm
+
+        self.decoder.train()
+        self.history = []
+        for _ in tqdm(range(epochs), desc="fit decoder", disable=not progress, leave=False):
+            perm = torch.randperm(len(x), generator=g)
+            tot = 0.0
+            for i in range(0, len(x), batch_size):
+                idx = perm[i:i + batch_size]
+                loss = (self.decoder(fn[idx]) - x[idx]).pow(2).flatten(1).sum(1).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                tot += float(loss.detach()) * len(idx)
+            self.history.append(tot / len(x))
+        self.decoder.eval()
+        return self
+
+    # --- inversion ------------------------------------------------------------------------
+    def _check_ready(self, features: Tensor) -> None:
+        if self.decoder is None or self.feature_dim is None:
+            raise ValueError("the decoder is not trained: call fit() (or load()) first")
+        if features.shape[1] != self.feature_dim:
+            raise ValueError(f"features must have {self.feature_dim} values per sample, "
+                             f"got {features.shape[1]}")
+
+    def decode(self, features: Tensor) -> Tensor:
+        """Reconstructions ``(N, *input_shape)`` from raw features ``(N, ...)``."""
+        f = torch.as_tensor(features).float().reshape(len(features), -1).cpu()
+        self._check_ready(f)
+        with torch.no_grad():
+            return self.decoder((f - self._f_mean) / self._f_std)
+
+    def attribute(self, inputs: Tensor = None, target=None, return_convergence_delta: bool = False):
+        """Reconstruct ``inputs`` ``(N, *input_shape)`` from their features.
+
+        Returns:
+            Tensor or (Tensor, Tensor): reconstructions (and each one's L2 error ``(N,)``).
+        """
+        if not isinstance(inputs, Tensor) or tuple(inputs.shape[1:]) != self.input_shape:
+            raise ValueError(f"`inputs` must be images of shape (N, {', '.join(map(str, self.input_shape))})")
+        if target is not None:
+            raise ValueError("`target` is not used: the features of `inputs` are inverted")
+        rec = self.decode(self.features(inputs))
+        if return_convergence_delta:
+            return rec, (rec - inputs.float().cpu()).flatten(1).norm(dim=1).double()
+        return rec
+
+    def compute_convergence_delta(self, attributions: Tensor, inputs: Tensor = None, **kw) -> Tensor:
+        """L2 distance between reconstructions and the original ``inputs``, ``(N,)``."""
+        return (attributions.float().cpu() - inputs.float().cpu()).flatten(1).norm(dim=1).double()
+
+    # --- persistence ----------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Save the decoder and its feature normalization (the encoder is not saved)."""
+        if self.decoder is None or self.feature_dim is None:
+            raise ValueError("nothing to save: call fit() first")
+        torch.save({"decoder": self.decoder.state_dict(), "feature_dim": self.feature_dim,
+                    "input_shape": self.input_shape, "f_mean": self._f_mean, "f_std": self._f_std,
+                    "default": isinstance(self.decoder, DefaultDecoder)}, Path(path))
+
+    def load(self, path) -> "LearnedInversion":
+        """Load a decoder saved by :meth:`save` into this inversion (same encoder setup)."""
+        state: Dict = torch.load(Path(path), map_location="cpu", weights_only=False)
+        if tuple(state["input_shape"]) != self.input_shape:
+            raise ValueError(f"saved decoder is for inputs {state['input_shape']}, not {self.input_shape}")
+        if self.decoder is None:
+            if not state["default"]:
+                raise ValueError("the saved decoder is custom: pass the same `decoder` module")
+            self.decoder = DefaultDecoder(state["feature_dim"], self.input_shape)
+        self.decoder.load_state_dict(state["decoder"])
+        self.decoder.eval()
+        self.feature_dim = state["feature_dim"]
+        self._f_mean, self._f_std = state["f_mean"], state["f_std"]
+        return self
