@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..blocks.plan import model_mode_guard
 from .base import InversionMethod
 
-__all__ = ["LearnedInversion", "DefaultDecoder"]
+__all__ = ["LearnedInversion", "DefaultDecoder", "autoencoder_upper_bound"]
 
 
 class _Stop(Exception):
@@ -251,3 +251,71 @@ class LearnedInversion(InversionMethod):
         self.feature_dim = state["feature_dim"]
         self._f_mean, self._f_std = state["f_mean"], state["f_std"]
         return self
+
+
+def autoencoder_upper_bound(model: nn.Module, layer: str, data, test: Tensor, epochs: int = 5,
+                            lr: float = 1e-3, batch_size: int = 64, seed: int = 0) -> float:
+    """Seed 003's upper bound: the decoder trained *together with* a copy of the encoder up to
+    ``layer`` (an autoencoder through that layer's width), so the features may change to help
+    reconstruction. Returns the normalized reconstruction error on ``test``. The caller's model
+    is not touched (a deep copy is trained). Cheap for small encoders; a ViT's would retrain
+    attention.
+
+    Args:
+        model (nn.Module): the encoder network.
+        layer (str): a module name of ``model``.
+        data: training images (``TensorDataset`` or tensor).
+        test (Tensor): held-out images.
+        epochs, lr, batch_size, seed: training settings (Adam).
+
+    Returns:
+        float: normalized reconstruction error (see
+        :func:`captum_invert.features.normalized_reconstruction_error`).
+    """
+    import copy
+
+    from ..features import normalized_reconstruction_error
+
+    x = (data.tensors[0] if hasattr(data, "tensors") else data).float()
+    enc = copy.deepcopy(model).float().train()
+    mods = dict(enc.named_modules())
+    if layer not in mods:
+        raise ValueError(f"`layer`: the model has no module named {layer!r}")
+    got = {}
+
+    def grab(m, i, o):
+        got["a"] = o
+        raise _Stop
+
+    h = mods[layer].register_forward_hook(grab)
+
+    def feats(xb):
+        try:
+            enc(xb)
+        except _Stop:
+            pass
+        return got.pop("a").reshape(len(xb), -1)
+
+    try:
+        torch.manual_seed(seed)
+        d = feats(x[:2]).shape[1]
+        dec = DefaultDecoder(d, tuple(x.shape[1:]))
+        for p in enc.parameters():
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=lr)
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(epochs):
+            perm = torch.randperm(len(x), generator=g)
+            for i in range(0, len(x), batch_size):
+                xb = x[perm[i:i + batch_size]]
+                loss = (dec(feats(xb)) - xb).pow(2).flatten(1).sum(1).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        enc.eval()
+        dec.eval()
+        with torch.no_grad():
+            rec = torch.cat([dec(feats(test[i:i + 512].float())) for i in range(0, len(test), 512)])
+    finally:
+        h.remove()
+    return normalized_reconstruction_error(test, rec)

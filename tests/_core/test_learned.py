@@ -82,8 +82,22 @@ def test_reconstruct_cli(tmp_path):
     import json
 
     out = tmp_path / "r"
-    assert main(["reconstruct", "--out", str(out), "--epochs", "1", "--n-test", "40", "--n-opt", "2",
+    assert main(["reconstruct", "--out", str(out), "--epochs", "1", "--n-test", "40", "--n-opt", "2", "--no-autoencoder",
                  "--opt-iter", "3", "--no-handcrafted", "--no-progress"]) == 0
     rows = json.loads((out / "reconstruct.json").read_text())["rows"]
     assert [r["features"].split(" (")[0] for r in rows][-1] == "fcnn6 logits"
     assert (out / "reconstruct.png").stat().st_size > 20_000
+
+
+def test_autoencoder_upper_bound_is_at_least_as_good_as_the_frozen_decoder(digits, digit_nets):
+    from captum_invert._core.learned import autoencoder_upper_bound
+
+    tr = torch.utils.data.TensorDataset(*(t[:600] for t in digits[0].tensors))
+    xt = digits[1].tensors[0][:200]
+    model = digit_nets[6]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = LearnedInversion(model, "10").fit(tr, epochs=4, progress=False)
+    err_frozen = F.normalized_reconstruction_error(xt, frozen.attribute(xt))
+    err_ae = autoencoder_upper_bound(model, "10", tr, xt, epochs=4)
+    assert err_ae < err_frozen
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
