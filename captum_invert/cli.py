@@ -319,38 +319,30 @@ def run_reconstruct(dataset: str = "digits", data_root=None, model_name: str = "
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="captum-invert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="train the seed nets and invert every class")
-    d.add_argument("--dataset", choices=["digits", "mnist"], default="digits",
-                   help="digits: scikit-learn's bundled set (offline default); mnist: IDX files")
-    d.add_argument("--data-root", default=None,
-                   help="directory of MNIST IDX files (or set CAPTUM_INVERT_MNIST)")
-    d.add_argument("--out", default="demo_out", help="output directory")
+    def command(name, help, out, epochs):
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--dataset", choices=["digits", "mnist"], default="digits",
+                       help="digits: scikit-learn's bundled set (offline default); mnist: IDX files")
+        p.add_argument("--data-root", default=None,
+                       help="directory of MNIST IDX files (or set CAPTUM_INVERT_MNIST)")
+        p.add_argument("--out", default=out, help="output directory")
+        p.add_argument("--epochs", type=int, default=epochs)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--no-progress", action="store_true")
+        return p
+
+    d = command("demo", "train the seed nets and invert every class", "demo_out", 20)
     d.add_argument("--samples-per-class", type=int, default=16)
-    d.add_argument("--epochs", type=int, default=20)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--no-progress", action="store_true")
-    c = sub.add_parser("compare", help="every inversion method side by side (figure + table)")
-    c.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
-    c.add_argument("--data-root", default=None)
-    c.add_argument("--out", default="compare_out")
+    c = command("compare", "every inversion method side by side (figure + table)", "compare_out", 20)
     c.add_argument("--samples-per-class", type=int, default=4)
-    c.add_argument("--epochs", type=int, default=20)
     c.add_argument("--vit-epochs", type=int, default=20)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--no-progress", action="store_true")
-    r = sub.add_parser("reconstruct", help="learned inversion of features by layer (seed 003)")
-    r.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
-    r.add_argument("--data-root", default=None)
+    r = command("reconstruct", "learned inversion of features by layer (seed 003)", "reconstruct_out", 5)
     r.add_argument("--model", choices=["fcnn6", "vit"], default="fcnn6")
-    r.add_argument("--out", default="reconstruct_out")
-    r.add_argument("--epochs", type=int, default=5)
     r.add_argument("--n-test", type=int, default=500)
     r.add_argument("--n-opt", type=int, default=16)
     r.add_argument("--opt-iter", type=int, default=50)
-    r.add_argument("--seed", type=int, default=0)
     r.add_argument("--no-handcrafted", action="store_true", help="skip LBP / HOG (scikit-image)")
     r.add_argument("--no-autoencoder", action="store_true", help="skip the autoencoder upper bound")
-    r.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "reconstruct":
         if min(args.epochs, args.n_test, args.n_opt, args.opt_iter) < 1:

@@ -1,5 +1,4 @@
 """Every tutorial notebook runs end to end (small settings, under 2 minutes each)."""
-import os
 from pathlib import Path
 
 import pytest

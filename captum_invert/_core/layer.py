@@ -6,15 +6,11 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..blocks.plan import model_mode_guard
+from ..blocks.plan import layer_output, model_mode_guard
 from ..solvers.lm import levenberg_marquardt, levenberg_marquardt_cg
 from .base import InversionError, InversionMethod, _check_pos, _check_prob, make_generator, random_starts
 
 __all__ = ["LayerInversion"]
-
-
-class _Stop(Exception):
-    pass
 
 
 class LayerInversion(InversionMethod):
@@ -53,24 +49,7 @@ class LayerInversion(InversionMethod):
 
     def activation(self, x: Tensor) -> Tensor:
         """The layer's output on ``x`` (the model stops there), as it is computed."""
-        out = {}
-
-        def grab(m, i, o):
-            out["a"] = o
-            raise _Stop
-
-        h = self.layer.register_forward_hook(grab)
-        try:
-            self.forward_func(x)
-        except _Stop:
-            pass
-        finally:
-            h.remove()
-        if "a" not in out:
-            raise ValueError("`layer` is not executed by the model's forward pass")
-        if not isinstance(out["a"], Tensor):
-            raise ValueError("`layer` must return a tensor")
-        return out["a"]
+        return layer_output(self.forward_func, self.layer, x)
 
     def attribute(
         self,

@@ -10,14 +10,10 @@ from typing import Callable, Dict, List, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..blocks.plan import model_mode_guard
+from ..blocks.plan import layer_output, model_mode_guard
 from .base import InversionMethod
 
 __all__ = ["LearnedInversion", "DefaultDecoder", "autoencoder_upper_bound"]
-
-
-class _Stop(Exception):
-    pass
 
 
 class DefaultDecoder(nn.Module):
@@ -125,22 +121,7 @@ class LearnedInversion(InversionMethod):
             if self.layer in ("logits", "probs"):
                 out = self.encoder(x)
                 return (torch.softmax(out, 1) if self.layer == "probs" else out).cpu()
-            got = {}
-
-            def grab(m, i, o):
-                got["a"] = o
-                raise _Stop
-
-            h = self.layer.register_forward_hook(grab)
-            try:
-                self.encoder(x)
-            except _Stop:
-                pass
-            finally:
-                h.remove()
-            if "a" not in got:
-                raise ValueError("`layer` is not executed by the model's forward pass")
-            return got["a"].cpu()
+            return layer_output(self.encoder, self.layer, x).cpu()
 
     # --- training -------------------------------------------------------------------------
     def fit(self, data, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
@@ -281,41 +262,27 @@ def autoencoder_upper_bound(model: nn.Module, layer: str, data, test: Tensor, ep
     mods = dict(enc.named_modules())
     if layer not in mods:
         raise ValueError(f"`layer`: the model has no module named {layer!r}")
-    got = {}
-
-    def grab(m, i, o):
-        got["a"] = o
-        raise _Stop
-
-    h = mods[layer].register_forward_hook(grab)
 
     def feats(xb):
-        try:
-            enc(xb)
-        except _Stop:
-            pass
-        return got.pop("a").reshape(len(xb), -1)
+        return layer_output(enc, mods[layer], xb).reshape(len(xb), -1)
 
-    try:
-        torch.manual_seed(seed)
-        d = feats(x[:2]).shape[1]
-        dec = DefaultDecoder(d, tuple(x.shape[1:]))
-        for p in enc.parameters():
-            p.requires_grad_(True)
-        opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=lr)
-        g = torch.Generator().manual_seed(seed)
-        for _ in range(epochs):
-            perm = torch.randperm(len(x), generator=g)
-            for i in range(0, len(x), batch_size):
-                xb = x[perm[i:i + batch_size]]
-                loss = (dec(feats(xb)) - xb).pow(2).flatten(1).sum(1).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        enc.eval()
-        dec.eval()
-        with torch.no_grad():
-            rec = torch.cat([dec(feats(test[i:i + 512].float())) for i in range(0, len(test), 512)])
-    finally:
-        h.remove()
+    torch.manual_seed(seed)
+    d = feats(x[:2]).shape[1]
+    dec = DefaultDecoder(d, tuple(x.shape[1:]))
+    for p in enc.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch_size):
+            xb = x[perm[i:i + batch_size]]
+            loss = (dec(feats(xb)) - xb).pow(2).flatten(1).sum(1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    enc.eval()
+    dec.eval()
+    with torch.no_grad():
+        rec = torch.cat([dec(feats(test[i:i + 512].float())) for i in range(0, len(test), 512)])
     return normalized_reconstruction_error(test, rec)

@@ -13,7 +13,8 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LeafCall", "LeafTrace", "trace_leaf_modules", "model_mode_guard", "InversionPlan", "Block"]
+__all__ = ["LeafCall", "LeafTrace", "trace_leaf_modules", "model_mode_guard", "InversionPlan", "Block",
+           "layer_output"]
 
 
 @dataclass
@@ -131,6 +132,33 @@ def trace_leaf_modules(model: nn.Module, example: Tensor, rtol: float = 1e-5) ->
 # --------------------------------------------------------------------------------------------
 class _Stop(Exception):
     pass
+
+
+def layer_output(model, layer: nn.Module, x: Tensor) -> Tensor:
+    """The output of ``layer`` when ``model`` runs on ``x``; the forward pass stops there (the
+    layers above cost nothing). Gradients flow when ``x`` requires them.
+
+    Raises:
+        ValueError: ``layer`` is not executed, or does not return a tensor.
+    """
+    out = {}
+
+    def grab(m, i, o):
+        out["a"] = o
+        raise _Stop
+
+    h = layer.register_forward_hook(grab)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    if "a" not in out:
+        raise ValueError("`layer` is not executed by the model's forward pass")
+    if not isinstance(out["a"], Tensor):
+        raise ValueError("`layer` must return a tensor")
+    return out["a"]
 
 
 def _is_analytic(call: LeafCall, last: bool) -> bool:
