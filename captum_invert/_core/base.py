@@ -197,13 +197,14 @@ class InversionMethod(Attribution):
         dtype, device = self._model_dtype_device()
         x = torch.zeros((2, *self.input_shape), dtype=dtype, device=device)
         trace = None
-        try:
-            if isinstance(self.forward_func, nn.Module):
-                trace = trace_leaf_modules(self.forward_func, x)
-                out = trace.output
-            else:
-                with torch.no_grad():
-                    out = self.forward_func(x)
+        try:  # eval mode, restored on exit: a probe never touches batch statistics
+            with model_mode_guard(self.forward_func):
+                if isinstance(self.forward_func, nn.Module):
+                    trace = trace_leaf_modules(self.forward_func, x)
+                    out = trace.output
+                else:
+                    with torch.no_grad():
+                        out = self.forward_func(x)
         except Exception as e:  # noqa: BLE001
             raise ValueError(
                 f"the model does not accept inputs of shape (N, {', '.join(map(str, self.input_shape))}) "

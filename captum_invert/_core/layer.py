@@ -48,8 +48,9 @@ class LayerInversion(InversionMethod):
         self.layer = layer
 
     def activation(self, x: Tensor) -> Tensor:
-        """The layer's output on ``x`` (the model stops there), as it is computed."""
-        return layer_output(self.forward_func, self.layer, x)
+        """The layer's output on ``x`` (the model stops there), in eval mode (restored)."""
+        with model_mode_guard(self.forward_func):
+            return layer_output(self.forward_func, self.layer, x)
 
     def attribute(
         self,
@@ -126,7 +127,8 @@ class LayerInversion(InversionMethod):
             scale = t_norm / (m ** 0.5)
 
             def res(xx, idx):
-                return (self.activation(xx).reshape(len(xx), -1) - t_flat[idx]) / scale[idx, None]
+                a = layer_output(self.forward_func, self.layer, xx)  # inside the guard: hot path
+                return (a.reshape(len(xx), -1) - t_flat[idx]) / scale[idx, None]
 
             def done(xx, rr, idx, aux):
                 return rr.norm(dim=1) / (m ** 0.5) <= rtol

@@ -306,8 +306,12 @@ class InversionPlan:
         return out["x"]
 
     def block_input(self, x: Tensor, i: int) -> Tensor:
-        """The input of leaf call ``i`` when the model runs on ``x`` (the rest is skipped)."""
-        return x if i == 0 else self._input_of(i, lambda: self.model(x))
+        """The input of leaf call ``i`` when the model runs on ``x`` (the rest is skipped), in eval
+        mode (restored)."""
+        if i == 0:
+            return x
+        with model_mode_guard(self.model):
+            return self._input_of(i, lambda: self.model(x))
 
     def _run_injected(self, x: Tensor, i: int, u: Tensor) -> Tensor:
         mod, k = self.calls[i].module, self._call_index(i)
@@ -327,7 +331,7 @@ class InversionPlan:
     def run_from(self, i: int, u: Tensor, stop: int = None, input_shape=None) -> Tensor:
         """Run the model from leaf call ``i`` with input ``u``; return the input of leaf call
         ``stop`` (or the model's output when ``stop`` is None). Calls before ``i`` run on zeros
-        and are discarded."""
+        and are discarded. A solver's inner loop: call it under :class:`model_mode_guard`."""
         shape = input_shape if input_shape is not None else self.calls[0].in_shape[1:]
         x = torch.zeros((len(u), *shape), dtype=u.dtype, device=u.device) if i > 0 else u
         run = (lambda: self._run_injected(x, i, u)) if i > 0 else (lambda: self.model(u))

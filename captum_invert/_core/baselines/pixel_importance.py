@@ -82,7 +82,7 @@ class PixelImportance(InversionMethod):
             n_pix *= s
         eye = torch.eye(n_pix, dtype=dtype, device=device) * on
         outs = []
-        with torch.no_grad():
+        with model_mode_guard(self.forward_func), torch.no_grad():
             for i in range(0, n_pix, 1024):
                 outs.append(self.forward_func(eye[i:i + 1024].reshape(-1, *self.input_shape)).double().cpu())
         logits = torch.cat(outs)  # (n_pix, C)
