@@ -347,40 +347,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "reconstruct":
         if min(args.epochs, args.n_test, args.n_opt, args.opt_iter) < 1:
             parser.error("--epochs, --n-test, --n-opt and --opt-iter must be >= 1")
-        try:
-            run_reconstruct(args.dataset, args.data_root, args.model, args.out, args.epochs,
-                            args.n_test, args.n_opt, args.opt_iter, seed=args.seed,
-                            progress=not args.no_progress, handcrafted=not args.no_handcrafted,
-                            autoencoder=not args.no_autoencoder)
-        except (ValueError, FileNotFoundError, ImportError) as e:
-            print(f"captum-invert: error: {e}", file=sys.stderr)
-            return 2
-        print(Path(args.out, "reconstruct.md").read_text())
-        print(f"wrote {os.path.join(args.out, 'reconstruct.png')}, reconstruct.json, reconstruct.md")
-        return 0
-    if args.command == "compare":
+        job = lambda: run_reconstruct(  # noqa: E731
+            args.dataset, args.data_root, args.model, args.out, args.epochs, args.n_test, args.n_opt,
+            args.opt_iter, seed=args.seed, progress=not args.no_progress,
+            handcrafted=not args.no_handcrafted, autoencoder=not args.no_autoencoder)
+        stem, figure = "reconstruct", "reconstruct.png"
+    elif args.command == "compare":
         if args.samples_per_class < 1 or args.epochs < 1 or args.vit_epochs < 1:
             parser.error("--samples-per-class, --epochs and --vit-epochs must be >= 1")
-        try:
-            run_compare(args.dataset, args.data_root, args.out, args.samples_per_class, args.epochs,
-                        args.vit_epochs, args.seed, not args.no_progress)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"captum-invert: error: {e}", file=sys.stderr)
-            return 2
-        print(Path(args.out, "methods.md").read_text())
-        print(f"wrote {os.path.join(args.out, 'methods.png')}, methods.json, methods.md")
-        return 0
-    if args.command == "demo":
+        job = lambda: run_compare(args.dataset, args.data_root, args.out, args.samples_per_class,  # noqa: E731
+                                  args.epochs, args.vit_epochs, args.seed, not args.no_progress)
+        stem, figure = "methods", "methods.png"
+    else:
         if args.samples_per_class < 1 or args.epochs < 1:
             parser.error("--samples-per-class and --epochs must be >= 1")
-        try:
-            run_demo(args.dataset, args.data_root, args.out, args.samples_per_class,
-                     args.epochs, args.seed, not args.no_progress)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"captum-invert: error: {e}", file=sys.stderr)
-            return 2
-        print(Path(args.out, "metrics.md").read_text())
-        print(f"wrote {os.path.join(args.out, 'inversions.png')}, metrics.json, metrics.md")
+        job = lambda: run_demo(args.dataset, args.data_root, args.out, args.samples_per_class,  # noqa: E731
+                               args.epochs, args.seed, not args.no_progress)
+        stem, figure = "metrics", "inversions.png"
+    try:
+        job()
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"captum-invert: error: {e}", file=sys.stderr)
+        return 2
+    print(Path(args.out, f"{stem}.md").read_text())
+    print(f"wrote {os.path.join(args.out, figure)}, {stem}.json, {stem}.md")
     return 0
 
 

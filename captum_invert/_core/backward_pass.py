@@ -438,7 +438,7 @@ class BackwardPassInversion(InversionMethod):
             else:
                 x0 = random_starts(len(todo), shape, input_range, gen, init_std, dtype, device)
             # an anchor that already verifies is kept even if it stopped short of the aim
-            sol, found = self._solve_to_goal(x0, g, kind, max_iter, input_range,
+            sol, found, _, _ = self._solve_to_goal(x0, g, kind, max_iter, input_range,
                                              tail=tail)
             stats["anchor_failed"] += int((~found).sum())
             for j, i in enumerate(todo.tolist()):

@@ -356,9 +356,45 @@ class InversionMethod(Attribution):
         bounded = any(bool(torch.isfinite(torch.stack(list(e.output_range(m)))).any()) for m, e in tail)
         return (pre, tail) if bounded else None
 
+    @staticmethod
+    def _log_prob_goal(gl: Goal, dtype, stop: float):
+        """The goal as residuals on log-probabilities ``lp`` ``(b, C)``.
+
+        Returns:
+            (goal_res, done): ``goal_res(lp, idx) -> (r, aux)`` with, for a class target, the
+            one-sided ``max(0, log aim - log p_t)`` (``aim = (1 + min_prob) / 2``), for a
+            distribution ``lp - log p*`` (zero entries raised to ``atol / 2C``, renormalized);
+            ``done(x, r, idx, aux)`` stops a sample once ``p_t`` covered the fraction ``stop`` of
+            the way from ``min_prob`` to ``aim`` (class), or within ``atol / 2`` (distribution).
+        """
+        if gl.labels is not None:
+            aim_p = (1.0 + gl.min_prob) / 2
+            log_aim = math.log(aim_p)
+            log_stop = math.log(gl.min_prob + stop * (aim_p - gl.min_prob))
+
+            def goal_res(lp, idx):
+                lp_t = lp.gather(1, gl.labels[idx][:, None])
+                return (log_aim - lp_t).clamp_min(0.0), lp_t
+
+            def done(xx, rr, idx, lp_t):
+                return lp_t.squeeze(1) >= log_stop - 1e-12
+
+            return goal_res, done
+        logP = gl.dist.to(dtype).clamp_min(gl.atol / (2 * gl.n_classes))
+        logP = (logP / logP.sum(1, keepdim=True)).log()
+
+        def goal_res(lp, idx):
+            return lp - logP[idx], lp
+
+        def done(xx, rr, idx, lp):
+            return (lp.exp() - gl.dist[idx].to(lp)).abs().amax(1) <= gl.atol / 2
+
+        goal_res.logP = logP
+        return goal_res, done
+
     def _solve_to_goal(self, x0: Tensor, goal: Goal, kind: str, max_iter: int, input_range,
                        residual: str = "log_prob", stop: float = 0.5,
-                       tail=None) -> Tuple[LMResult, Tensor]:
+                       tail=None) -> Tuple[LMResult, Tensor, Tensor, Tensor]:
         """Levenberg-Marquardt from ``x0`` towards ``goal`` on the caller's model.
 
         Residuals (``residual``):
@@ -380,8 +416,9 @@ class InversionMethod(Attribution):
         residual is linear there.
 
         Returns:
-            (LMResult, Tensor): the solver's result and a bool ``(N,)`` mask of samples that
-            reached the goal (stopped by the solver or verified by the model).
+            (LMResult, Tensor, Tensor, Tensor): the solver's result; a bool ``(N,)`` mask of
+            samples that reached the goal (stopped by the solver or verified by the model); and
+            the model's verification of the solution, ``ok`` ``(N,)`` and ``delta`` ``(N,)``.
         """
         dtype, device = self._model_dtype_device()
         gl = goal.to(device)
@@ -425,12 +462,15 @@ class InversionMethod(Attribution):
             def done(xx, rr, idx, p):
                 return goal.subset(idx.cpu()).to(device).ok(p)
 
-        elif gl.labels is not None:
-            aim_p = (1.0 + goal.min_prob) / 2
-            log_aim, log_odds = math.log(aim_p), math.log(aim_p / (1 - aim_p))
-            log_stop = math.log(goal.min_prob + stop * (aim_p - goal.min_prob))
+        else:
+            goal_res, done = self._log_prob_goal(gl, dtype, stop)
+            if not use_tail:
+                def res(xx, idx):
+                    return goal_res(lp_of(xx), idx)
+            elif gl.labels is not None:
+                aim_p = (1.0 + goal.min_prob) / 2
+                log_odds = math.log(aim_p / (1 - aim_p))
 
-            if use_tail:
                 def res(xx, idx):
                     a, z = logits_of(xx)
                     t = gl.labels[idx][:, None]
@@ -439,29 +479,13 @@ class InversionMethod(Attribution):
                     r = (tail_inv(z_need).gather(1, t) - a.gather(1, t)).clamp_min(0.0)
                     return r, torch.log_softmax(z, 1).gather(1, t)
             else:
-                def res(xx, idx):
-                    lp_t = lp_of(xx).gather(1, gl.labels[idx][:, None])
-                    return (log_aim - lp_t).clamp_min(0.0), lp_t
+                logP = goal_res.logP
 
-            def done(xx, rr, idx, lp_t):
-                return lp_t.squeeze(1) >= log_stop - 1e-12
-        else:
-            logP = gl.dist.to(dtype).clamp_min(goal.atol / (2 * goal.n_classes))
-            logP = (logP / logP.sum(1, keepdim=True)).log()
-
-            if use_tail:
                 def res(xx, idx):
                     a, z = logits_of(xx)
                     c = (z - logP[idx]).mean(1, keepdim=True)
                     z_need = torch.minimum(torch.maximum(logP[idx] + c, lo_m), hi_m)
                     return tail_inv(z_need) - a, torch.log_softmax(z, 1)
-            else:
-                def res(xx, idx):
-                    lp = lp_of(xx)
-                    return lp - logP[idx], lp
-
-            def done(xx, rr, idx, lp):
-                return (lp.exp() - gl.dist[idx].to(lp)).abs().amax(1) <= goal.atol / 2
 
         try:
             sol = levenberg_marquardt(res, x0.to(dtype=dtype, device=device), max_iter=max_iter,
@@ -469,8 +493,8 @@ class InversionMethod(Attribution):
         finally:
             if handle is not None:
                 handle.remove()
-        found = sol.done.cpu() | self._verify(sol.x, goal, kind, input_range)[0]
-        return sol, found
+        ok, delta, _ = self._verify(sol.x, goal, kind, input_range)
+        return sol, sol.done.cpu() | ok, ok, delta
 
     def compute_convergence_delta(self, attributions: Tensor, target: TargetType = None,
                                   min_prob: float = 0.9, atol: float = 0.02) -> Tensor:

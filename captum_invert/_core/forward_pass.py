@@ -120,9 +120,8 @@ class ForwardPassInversion(InversionMethod):
                 else:
                     x0 = random_starts(len(todo), self.input_shape, input_range, gen, init_std, dtype, device)
                 stats["restarts"] += int(attempt > 0) * len(todo)
-                sol, _ = self._solve_to_goal(x0, goal.subset(todo), kind, max_iter, input_range,
-                                             residual, stop=0.1, tail=tail)
-                ok_t, d_t, _ = self._verify(sol.x, goal.subset(todo), kind, input_range)
+                sol, _, ok_t, d_t = self._solve_to_goal(x0, goal.subset(todo), kind, max_iter,
+                                                        input_range, residual, stop=0.1, tail=tail)
                 x[todo.to(device)] = sol.x.detach()
                 delta[todo], ok[todo] = d_t, ok_t
                 iters[todo] += sol.n_iter.cpu()

@@ -2,7 +2,6 @@
 Levenberg-Marquardt through the opaque blocks (seed 000's generalized method)."""
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -250,26 +249,7 @@ class GeneralizedInversion(InversionMethod):
             v0 = x0
             run = model
             bounds = input_range
-        if gl.labels is not None:
-            aim_p = (1.0 + goal.min_prob) / 2
-            log_aim = math.log(aim_p)
-            log_stop = math.log(goal.min_prob + (0.5 if head is not None else 0.1) * (aim_p - goal.min_prob))
-
-            def goal_res(lp, idx):
-                lp_t = lp.gather(1, gl.labels[idx][:, None])
-                return (log_aim - lp_t).clamp_min(0.0), lp_t
-
-            def done(v, r, idx, lp_t):
-                return lp_t.squeeze(1) >= log_stop
-        else:
-            logP = gl.dist.to(dtype).clamp_min(goal.atol / (2 * goal.n_classes))
-            logP = (logP / logP.sum(1, keepdim=True)).log()
-
-            def goal_res(lp, idx):
-                return lp - logP[idx], lp
-
-            def done(v, r, idx, lp):
-                return (lp.exp() - gl.dist[idx].to(lp)).abs().amax(1) <= goal.atol / 2
+        goal_res, done = self._log_prob_goal(gl, dtype, 0.5 if head is not None else 0.1)
 
         def res(v, idx):
             lp = self.log_probs_from(run(v), kind)
