@@ -16,6 +16,22 @@ from .base import InversionMethod
 __all__ = ["LearnedInversion", "DefaultDecoder", "autoencoder_upper_bound"]
 
 
+class _UpConv(nn.ConvTranspose2d):
+    """A transposed convolution; with one output channel it runs as a GEMM and an overlap-add
+    (``fold``), ~2.7x faster on CPU than oneDNN's kernel for that shape (same parameters)."""
+
+    def forward(self, x: Tensor, output_size=None) -> Tensor:
+        if self.out_channels != 1 or output_size is not None or self.groups != 1 or self.dilation != (1, 1):
+            return super().forward(x, output_size)
+        N, C, H, W = x.shape
+        kh, kw = self.kernel_size
+        (sh, sw), (ph, pw), (oh, ow) = self.stride, self.padding, self.output_padding
+        cols = (x.permute(0, 2, 3, 1).reshape(-1, C) @ self.weight.reshape(C, -1)).view(N, H * W, -1)
+        out = nn.functional.fold(cols.transpose(1, 2), ((H - 1) * sh - 2 * ph + kh + oh, (W - 1) * sw - 2 * pw + kw + ow),
+                                 self.kernel_size, stride=self.stride, padding=self.padding)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+
 class DefaultDecoder(nn.Module):
     """Seed 003's decoder shape at MNIST scale: fully connected layers, then up-convolutions,
     with LeakyReLU(0.2).
@@ -32,14 +48,15 @@ class DefaultDecoder(nn.Module):
     def __init__(self, feature_dim: int, input_shape, width: int = 512) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
-        act = lambda: nn.LeakyReLU(0.2)  # noqa: E731
+        act = lambda: nn.LeakyReLU(0.2, inplace=True)  # noqa: E731
         if len(self.input_shape) == 3:
             C, H, W = self.input_shape
             self.h0, self.w0 = math.ceil(H / 4), math.ceil(W / 4)
             self.fc = nn.Sequential(nn.Linear(feature_dim, width), act(),
                                     nn.Linear(width, 64 * self.h0 * self.w0), act())
+            # channels-last: oneDNN's transposed convolutions run ~1.7x faster in NHWC on CPU
             self.up = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, 2, 1), act(),
-                                    nn.ConvTranspose2d(32, C, 4, 2, 1))
+                                    _UpConv(32, C, 4, 2, 1)).to(memory_format=torch.channels_last)
         else:
             n = math.prod(self.input_shape)
             self.fc = nn.Sequential(nn.Linear(feature_dim, width), act(), nn.Linear(width, width), act(),
@@ -50,8 +67,8 @@ class DefaultDecoder(nn.Module):
         h = self.fc(f)
         if self.up is None:
             return h.view(len(f), *self.input_shape)
-        h = self.up(h.view(len(f), 64, self.h0, self.w0))
-        return h[:, :, : self.input_shape[1], : self.input_shape[2]]
+        h = self.up(h.view(len(f), 64, self.h0, self.w0).contiguous(memory_format=torch.channels_last))
+        return h[:, :, : self.input_shape[1], : self.input_shape[2]].contiguous()
 
 
 class LearnedInversion(InversionMethod):
@@ -187,8 +204,9 @@ class LearnedInversion(InversionMethod):
         """Reconstructions ``(N, *input_shape)`` from raw features ``(N, ...)``."""
         f = torch.as_tensor(features).float().reshape(len(features), -1).cpu()
         self._check_ready(f)
-        with torch.no_grad():
-            return self.decoder((f - self._f_mean) / self._f_std)
+        f = (f - self._f_mean) / self._f_std
+        with torch.no_grad():  # chunks of 256: large fresh buffers cost page faults on CPU
+            return torch.cat([self.decoder(f[i:i + 256]) for i in range(0, max(len(f), 1), 256)])
 
     def attribute(self, inputs: Tensor = None, target=None, return_convergence_delta: bool = False):
         """Reconstruct ``inputs`` ``(N, *input_shape)`` from their features.

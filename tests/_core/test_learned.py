@@ -82,7 +82,7 @@ def test_reconstruct_cli(tmp_path):
     import json
 
     out = tmp_path / "r"
-    assert main(["reconstruct", "--out", str(out), "--epochs", "1", "--n-test", "40", "--n-opt", "2", "--no-autoencoder",
+    assert main(["reconstruct", "--out", str(out), "--epochs", "1", "--n-test", "40", "--n-opt", "2", "--n-latency", "1", "--no-autoencoder",
                  "--opt-iter", "3", "--no-handcrafted", "--no-progress"]) == 0
     rows = json.loads((out / "reconstruct.json").read_text())["rows"]
     assert [r["features"].split(" (")[0] for r in rows][-1] == "fcnn6 logits"
@@ -101,3 +101,21 @@ def test_autoencoder_upper_bound_is_at_least_as_good_as_the_frozen_decoder(digit
     err_ae = autoencoder_upper_bound(model, "10", tr, xt, epochs=4)
     assert err_ae < err_frozen
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("out_ch,stride,pad", [(1, 2, 1), (1, 3, 0), (2, 2, 1)])
+def test_up_convolution_kernel_matches_conv_transpose_in_value_and_gradient(out_ch, stride, pad):
+    from captum_invert._core.learned import _UpConv
+
+    torch.manual_seed(0)
+    ref = torch.nn.ConvTranspose2d(5, out_ch, 4, stride, pad)
+    ours = _UpConv(5, out_ch, 4, stride, pad)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 5, 7, 6, requires_grad=True)
+    y_ref, y = ref(x), ours(x)
+    assert y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(y)
+    (gx_ref, gw_ref), (gx, gw) = (torch.autograd.grad((m(x) * g).sum(), (x, m.weight)) for m in (ref, ours))
+    torch.testing.assert_close(gx, gx_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gw, gw_ref, atol=1e-4, rtol=1e-4)
