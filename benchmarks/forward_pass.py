@@ -40,24 +40,31 @@ def ours(model, labels, input_range=None):
     return len(x), dt, inv.last_stats["converged_first_start"]
 
 
+def _log_odds(model, x, lab):
+    lp = torch.log_softmax(model(x), 1)[0]
+    return lp[lab] - torch.logsumexp(torch.cat([lp[:lab], lp[lab + 1:]]), 0)
+
+
 def scipy_per_sample(model, labels, aim=0.95):
+    """Per sample, the residual ForwardPassInversion uses: max(0, logit(aim) - log-odds of the
+    target class)."""
     from scipy.optimize import least_squares
 
     ok = 0
     t = time.perf_counter()
     g = torch.Generator().manual_seed(0)
+    goal = math.log(aim / (1 - aim))
     for lab in labels:
         x0 = torch.randn(784, generator=g).double().numpy()
 
         def f(z, lab=lab):
             with torch.no_grad():
-                lp = torch.log_softmax(model(torch.tensor(z, dtype=torch.float32).view(1, 1, 28, 28)), 1)[0, lab]
-            return np.array([max(0.0, math.log(aim) - float(lp))])
+                odds = _log_odds(model, torch.tensor(z, dtype=torch.float32).view(1, 1, 28, 28), lab)
+            return np.array([max(0.0, goal - float(odds))])
 
         def jac(z, lab=lab):
             x = torch.tensor(z, dtype=torch.float32).view(1, 1, 28, 28).requires_grad_(True)
-            lp = torch.log_softmax(model(x), 1)[0, lab]
-            (gr,) = torch.autograd.grad(-lp, x)
+            (gr,) = torch.autograd.grad(-_log_odds(model, x, lab), x)
             return gr.double().view(1, -1).numpy()
 
         res = least_squares(f, x0, jac=jac, max_nfev=30 * 5)

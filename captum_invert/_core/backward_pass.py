@@ -178,7 +178,7 @@ class BackwardPassInversion(InversionMethod):
        is usually not in the image of the deeper layers: a layer-by-layer pass then leaves an
        activation's domain, whatever null-space vector it picks. A root ``x*`` of the whole net
        is found by damped Newton / Levenberg-Marquardt steps from a random start (one residual
-       for a class target, ``log p_t(x) = log aim``; C residuals for a distribution). Then the
+       for a class target, on its log-odds; C residuals for a distribution). Then the
        back-pass runs again through the layers, now projecting the root's own activations onto
        each preimage: every null-space vector keeps the output exactly, and because the anchor
        lies inside every domain it can be shortened until the sample does too. If a lower layer

@@ -362,7 +362,7 @@ class InversionMethod(Attribution):
 
         Returns:
             (goal_res, done): ``goal_res(lp, idx) -> (r, aux)`` with, for a class target, the
-            one-sided ``max(0, log aim - log p_t)`` (``aim = (1 + min_prob) / 2``), for a
+            one-sided ``max(0, logit(aim) - log-odds_t)`` (``aim = (1 + min_prob) / 2``), for a
             distribution ``lp - log p*`` (zero entries raised to ``atol / 2C``, renormalized);
             ``done(x, r, idx, aux)`` stops a sample once ``p_t`` covered the fraction ``stop`` of
             the way from ``min_prob`` to ``aim`` (class), or within ``atol / 2`` (distribution).
@@ -372,9 +372,15 @@ class InversionMethod(Attribution):
             log_aim = math.log(aim_p)
             log_stop = math.log(gl.min_prob + stop * (aim_p - gl.min_prob))
 
+            log_odds = log_aim - math.log1p(-aim_p)
+
             def goal_res(lp, idx):
-                lp_t = lp.gather(1, gl.labels[idx][:, None])
-                return (log_aim - lp_t).clamp_min(0.0), lp_t
+                t = gl.labels[idx][:, None]
+                lp_t = lp.gather(1, t)
+                # log-odds z_t - logsumexp(z_others): Newton steps on log p_t crawl as p_t -> 1
+                # (d log p_t / d z_t = 1 - p_t), the log-odds stay linear in the logits there
+                odds = lp_t - torch.logsumexp(lp.scatter(1, t, -math.inf), 1, keepdim=True)
+                return (log_odds - odds).clamp_min(0.0), lp_t
 
             def done(xx, rr, idx, lp_t):
                 return lp_t.squeeze(1) >= log_stop - 1e-12
@@ -400,7 +406,8 @@ class InversionMethod(Attribution):
         Residuals (``residual``):
 
         - ``'log_prob'`` (default): for a class target the single one-sided residual
-          ``max(0, log aim - log p_t(x))`` with ``aim = (1 + min_prob) / 2`` (one
+          ``max(0, logit(aim) - (log p_t - log(1 - p_t)))`` on the class's log-odds, with
+          ``aim = (1 + min_prob) / 2`` (one
           vector-Jacobian product per iteration; a sample stops once ``p_t`` has covered the
           fraction ``stop`` of the way from ``min_prob`` to ``aim``: margin for methods that
           move the sample afterwards); for a distribution, ``log p(x) - log p*`` (C residuals;

@@ -25,7 +25,8 @@ class ForwardPassInversion(InversionMethod):
     residual), and each step is solved in the small output space,
     ``(J J^T + lambda I) u = r``, ``dx = -J^T u`` (see
     :func:`~captum_invert.solvers.levenberg_marquardt`). For a class target there is one
-    residual, ``log aim - log p_t(x)`` with ``aim = (1 + min_prob) / 2``, so an iteration costs
+    residual, ``logit(aim) - (z_t - logsumexp(z_others))`` (the class's log-odds) with
+    ``aim = (1 + min_prob) / 2``, so an iteration costs
     one forward and one backward pass whatever the input size. Samples that have converged leave
     the batch. Samples that do not converge in ``max_iter`` iterations are restarted from new
     random points, up to ``max_retries`` times. After that an

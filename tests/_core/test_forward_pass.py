@@ -113,3 +113,17 @@ def test_selu_logits_converge_from_first_starts_in_the_box(mnist_nets):
                       allow_unverified=True)
     assert (_p(model, x, ALL * 2) >= 0.9).float().mean() >= 0.99
     assert inv.last_stats["converged_first_start"] >= 198
+
+
+def test_class_residual_is_the_log_odds_so_a_linear_two_class_model_converges_in_one_step():
+    # the log-odds of a linear 2-class model are linear in x, so one Newton step lands on the
+    # aim; on log p_t (slope 1 - p_t) the same step falls short of p = 0.9
+    torch.manual_seed(0)
+    model = torch.nn.Linear(20, 2)
+    x0 = 0.01 * torch.randn(64, 20)
+    x, delta = ForwardPassInversion(model).attribute(inputs=x0, target=[i % 2 for i in range(64)], max_iter=1,
+                                                     max_retries=0, return_convergence_delta=True)
+    assert float(delta.max()) <= 0.1
+    with torch.no_grad():
+        p = torch.softmax(model(x), 1)[torch.arange(64), torch.arange(64) % 2]
+    assert float(p.min()) >= 0.9
