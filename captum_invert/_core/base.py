@@ -478,11 +478,16 @@ class InversionMethod(Attribution):
                 aim_p = (1.0 + goal.min_prob) / 2
                 log_odds = math.log(aim_p / (1 - aim_p))
 
+                safe = tail_fwd(zero)[None]  # in the tail's range: the inverse is finite there
+
                 def res(xx, idx):
                     a, z = logits_of(xx)
                     t = gl.labels[idx][:, None]
                     others = torch.logsumexp(z.scatter(1, t, -math.inf), 1, keepdim=True)
-                    z_need = z.scatter(1, t, torch.minimum(torch.maximum(others + log_odds, lo_m[t]), hi_m[t]))
+                    # only the target column is inverted: a saturated other logit (ELU's -1) has
+                    # an infinite inverse, and its zero-weighted gradient would still be NaN
+                    z_need = safe.expand_as(z).scatter(
+                        1, t, torch.minimum(torch.maximum(others + log_odds, lo_m[t]), hi_m[t]))
                     r = (tail_inv(z_need).gather(1, t) - a.gather(1, t)).clamp_min(0.0)
                     return r, torch.log_softmax(z, 1).gather(1, t)
             else:

@@ -109,6 +109,7 @@ class ForwardPassInversion(InversionMethod):
             ok = torch.zeros(N, dtype=torch.bool)
             delta = torch.ones(N, dtype=torch.float64)
             iters = torch.zeros(N, dtype=torch.long)
+            nonfinite = torch.zeros(N, dtype=torch.bool)
             stats = {"restarts": 0, "converged_first_start": 0}
             for attempt in range(max_retries + 1):
                 todo = (~ok).nonzero().squeeze(1)
@@ -126,6 +127,7 @@ class ForwardPassInversion(InversionMethod):
                 x[todo.to(device)] = sol.x.detach()
                 delta[todo], ok[todo] = d_t, ok_t
                 iters[todo] += sol.n_iter.cpu()
+                nonfinite[todo] = ~sol.finite.cpu()
                 if attempt == 0:
                     stats["converged_first_start"] = int(ok_t.sum())
             stats["mean_iterations"] = float(iters.double().mean())
@@ -133,5 +135,8 @@ class ForwardPassInversion(InversionMethod):
             reason = (f"Levenberg-Marquardt did not reach the target within {max_iter} iterations "
                       f"from {max_retries + 1} random start(s)"
                       + (f" inside input_range {input_range}" if input_range else ""))
-            return self._finish(x, ok, delta, count_reasons([reason if not o else "" for o in ok.tolist()]),
+            bad = ("the model's Jacobian (or its residual) became NaN or infinite at the iterate of the "
+                   "last start; check the model for non-finite outputs or gradients")
+            return self._finish(x, ok, delta, count_reasons(["" if o else bad if nf else reason
+                                                             for o, nf in zip(ok.tolist(), nonfinite.tolist())]),
                                 allow_unverified, return_convergence_delta, "ForwardPassInversion")

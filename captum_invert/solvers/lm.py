@@ -30,12 +30,15 @@ class LMResult:
         done (Tensor): ``(B,)`` bool, which samples met ``done_fn`` (or the tolerance).
         n_iter (Tensor): ``(B,)`` int, iterations each sample used.
         residual_norm (Tensor): ``(B,)`` final ``||r||``.
+        finite (Tensor): ``(B,)`` bool, False where the residual or its Jacobian became NaN or
+            infinite; such a sample stops (no step can be trusted).
     """
 
     x: Tensor
     done: Tensor
     n_iter: Tensor
     residual_norm: Tensor
+    finite: Optional[Tensor] = None
 
 
 def batched_jacobian(f: Callable[[Tensor], Tensor], x: Tensor, mode: str = "auto",
@@ -154,13 +157,14 @@ def levenberg_marquardt(
     with torch.no_grad():
         done = done_fn(x.view(B, *shape), r, all_idx, aux).to(dev)
     rnorm = r.norm(dim=1)
+    finite = torch.isfinite(r).all(1) & torch.isfinite(J).flatten(1).all(1)
     n_iter = torch.zeros(B, dtype=torch.long, device=dev)
     mu = torch.full((B,), float(damping), dtype=x.dtype, device=dev)
     nu = torch.full((B,), 2.0, dtype=x.dtype, device=dev)
     m = r.shape[1]
     eye = torch.eye(m, dtype=x.dtype, device=dev)
     for _ in range(max_iter):
-        act = (~done).nonzero().squeeze(1)
+        act = (~done & finite).nonzero().squeeze(1)
         if act.numel() == 0:
             break
         full = act.numel() == B  # every sample active: work on the tensors, no gathers
@@ -190,12 +194,14 @@ def levenberg_marquardt(
             x, r, J, rnorm = xt, rt, Jt, rtn
             with torch.no_grad():
                 done = done_fn(x.view(B, *shape), r, act, auxt).to(dev)
+            finite = torch.isfinite(J).flatten(1).all(1)
         elif acc.numel():
             x[acc], r[acc], J[acc], rnorm[acc] = xt[good], rt[good], Jt[good], rtn[good]
             with torch.no_grad():
                 done[acc] = done_fn(xt[good].view(len(acc), *shape), rt[good], acc,
                                     None if auxt is None else auxt[good]).to(dev)
-    return LMResult(x.view(B, *shape), done, n_iter, rnorm)
+            finite[acc] = torch.isfinite(Jt[good]).flatten(1).all(1)
+    return LMResult(x.view(B, *shape), done, n_iter, rnorm, finite)
 
 
 def _math_attention():

@@ -127,3 +127,33 @@ def test_class_residual_is_the_log_odds_so_a_linear_two_class_model_converges_in
     with torch.no_grad():
         p = torch.softmax(model(x), 1)[torch.arange(64), torch.arange(64) % 2]
     assert float(p.min()) >= 0.9
+
+
+def test_saturated_other_logits_under_an_elu_tail_do_not_poison_the_jacobian():
+    # ELU(-100) is exactly -1 in float32, whose inverse is -inf; only the target's column may be
+    # inverted, or the zero-weighted gradient becomes NaN and every step is rejected
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 3), torch.nn.ELU())
+    with torch.no_grad():
+        model[0].bias[2] = -100.0
+        model[0].weight[2].zero_()
+    x = ForwardPassInversion(model).attribute(target=[0, 1] * 8, seed=0, max_retries=0)
+    with torch.no_grad():
+        p = torch.softmax(model(x), 1)[torch.arange(16), torch.arange(16) % 2]
+    assert float(p.min()) >= 0.9
+
+
+def test_a_nan_jacobian_stops_the_sample_and_is_named_in_the_error():
+    class NaNGrad(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.lin(x) + 0 * torch.sqrt(x - x).sum(1, keepdim=True)  # d sqrt(0) = inf -> NaN
+
+    with pytest.raises(InversionError) as ei:
+        ForwardPassInversion(NaNGrad()).attribute(target=[0, 1, 2], seed=0, max_retries=1)
+    e = ei.value
+    assert e.n_verified == 0
+    assert any("NaN or infinite" in r for r in e.reasons) and sum(e.reasons.values()) == 3
