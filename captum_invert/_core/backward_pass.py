@@ -401,11 +401,12 @@ class BackwardPassInversion(InversionMethod):
         with model_mode_guard(self.forward_func):
             kind, n_classes, trace = self._probe()
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
+            tail = self._output_tail(trace)
+            self._check_reachable(goal, tail, "BackwardPassInversion")
             chain = self._chain(trace, cond_num)
             chain.set_boxes(margin, input_range)
             return self._run(chain, kind, goal, std, gen, input_range, max_iter, max_retries,
-                             init_std, inputs, return_convergence_delta, allow_unverified,
-                             self._output_tail(trace))
+                             init_std, inputs, return_convergence_delta, allow_unverified, tail)
 
     def _run(self, chain, kind, goal: Goal, std, gen, input_range, max_iter, max_retries,
              init_std, inputs, return_delta, allow_unverified, tail):

@@ -333,6 +333,47 @@ class InversionMethod(Attribution):
         return ok.cpu(), goal.to(probs.device).delta(probs).cpu(), probs.cpu()
 
     @staticmethod
+    def _tail_range(tail, n_classes: int, dtype, device) -> Tuple[Tensor, Tensor]:
+        """``(lo, hi)`` ``(C,)``: the range of each output of the tail (``-inf`` / ``inf`` where
+        unbounded)."""
+        zero = torch.zeros(n_classes, dtype=dtype, device=device)
+        lo, hi = zero - math.inf, zero + math.inf
+        for m, e in tail[1]:
+            a, b = e.forward(m, lo), e.forward(m, hi)
+            lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+        return lo, hi
+
+    def _check_reachable(self, goal: Goal, tail, what: str) -> None:
+        """Raise ``ValueError`` before any work when the output tail's bounded range (a Tanh or
+        Sigmoid on the logits) makes the target unreachable for every input: a class target
+        above the highest probability the class can get, or a distribution entry farther than
+        ``atol`` from the range of its probability."""
+        if tail is None:
+            return
+        lo, hi = (t.double().cpu() for t in self._tail_range(tail, goal.n_classes, torch.float64, "cpu"))
+        # p_c is largest with z_c = hi_c and every other z_j = lo_j, smallest the other way round
+        eye = torch.eye(len(lo), dtype=torch.bool)
+        p_max = 1 / (1 + torch.exp(lo[None, :] - hi[:, None]).masked_fill(eye, 0).sum(1))
+        p_min = 1 / (1 + torch.exp(hi[None, :] - lo[:, None]).masked_fill(eye, 0).sum(1))
+        names = " -> ".join(type(m).__name__ for m, _ in tail[1])
+        bounds = f"the model's output activation ({names}) keeps the logits in [{float(lo.min()):.3g}, {float(hi.max()):.3g}]"
+        if goal.labels is not None:
+            bad = sorted({int(c) for c in goal.labels.tolist() if float(p_max[c]) < goal.min_prob})
+            if bad:
+                best = min(float(p_max[c]) for c in bad)
+                raise ValueError(
+                    f"{what}: `target` class(es) {bad} cannot reach `min_prob`={goal.min_prob}: {bounds}, so no "
+                    f"input gives them a probability above {best:.4g}. Use min_prob below that.")
+            return
+        dist = goal.dist.double().cpu()
+        far = (dist > p_max + goal.atol) | (dist < p_min - goal.atol)
+        if bool(far.any()):
+            c = int(far.any(0).nonzero()[0])
+            raise ValueError(
+                f"{what}: the `target` distribution is out of reach: {bounds}, so class {c}'s probability "
+                f"stays in [{float(p_min[c]):.4g}, {float(p_max[c]):.4g}] for every input (atol={goal.atol}).")
+
+    @staticmethod
     def _output_tail(trace) -> Optional[Tuple[nn.Module, list]]:
         """``(pre_module, [(module, entry), ...])`` when the model is a proven chain that ends in
         registered invertible activations at least one of which saturates (a bounded range, like
@@ -437,10 +478,7 @@ class InversionMethod(Attribution):
             pre, elems = tail
             handle = pre.register_forward_hook(lambda m, i, o: captured.__setitem__("a", o))
             zero = torch.zeros(gl.n_classes, dtype=dtype, device=device)
-            lo, hi = zero - math.inf, zero + math.inf
-            for m, e in elems:  # range of the tail's output, shrunk a little at bounded ends
-                lo, hi = (torch.minimum(e.forward(m, lo), e.forward(m, hi)),
-                          torch.maximum(e.forward(m, lo), e.forward(m, hi)))
+            lo, hi = self._tail_range(tail, gl.n_classes, dtype, device)  # shrunk a little at bounded ends
             span = torch.where(torch.isfinite(hi - lo), hi - lo, torch.ones_like(lo))
             lo_m, hi_m = lo + 1e-3 * span, hi - 1e-3 * span
 

@@ -123,8 +123,9 @@ class GeneralizedInversion(InversionMethod):
         n_inputs = self._check_inputs(inputs)
         gen = make_generator(seed)
         with model_mode_guard(self.forward_func):
-            kind, n_classes, _ = self._probe()
+            kind, n_classes, trace = self._probe()
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
+            self._check_reachable(goal, self._output_tail(trace), "GeneralizedInversion")
             blocks = self.plan.blocks
             if len(blocks) == 1 and blocks[0].kind == "analytic":
                 inv = BackwardPassInversion(self.forward_func, self.input_shape)
