@@ -390,7 +390,8 @@ class BackwardPassInversion(InversionMethod):
             for a class target).
 
         Raises:
-            ValueError: a bad argument, or a model that is not an invertible chain.
+            ValueError: a bad argument, a model that is not an invertible chain, or a target out
+                of reach of the output activation's bounded range (see ForwardPassInversion).
             InversionError: some samples did not verify (and ``allow_unverified`` is False).
         """
         self._check_analytic_args(std, cond_num, margin)
@@ -402,7 +403,7 @@ class BackwardPassInversion(InversionMethod):
             kind, n_classes, trace = self._probe()
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
             tail = self._output_tail(trace)
-            self._check_reachable(goal, tail, "BackwardPassInversion")
+            self._check_reachable(goal, tail, "BackwardPassInversion", allow_unverified)
             chain = self._chain(trace, cond_num)
             chain.set_boxes(margin, input_range)
             return self._run(chain, kind, goal, std, gen, input_range, max_iter, max_retries,

@@ -343,12 +343,13 @@ class InversionMethod(Attribution):
             lo, hi = torch.minimum(a, b), torch.maximum(a, b)
         return lo, hi
 
-    def _check_reachable(self, goal: Goal, tail, what: str) -> None:
+    def _check_reachable(self, goal: Goal, tail, what: str, allow_unverified: bool = False) -> None:
         """Raise ``ValueError`` before any work when the output tail's bounded range (a Tanh or
         Sigmoid on the logits) makes the target unreachable for every input: a class target
         above the highest probability the class can get, or a distribution entry farther than
-        ``atol`` from the range of its probability."""
-        if tail is None:
+        ``atol`` from the range of its probability. Skipped with ``allow_unverified`` (the caller
+        asked for the closest inputs anyway)."""
+        if tail is None or allow_unverified:
             return
         lo, hi = (t.double().cpu() for t in self._tail_range(tail, goal.n_classes, torch.float64, "cpu"))
         # p_c is largest with z_c = hi_c and every other z_j = lo_j, smallest the other way round

@@ -90,7 +90,9 @@ class ForwardPassInversion(InversionMethod):
             for a class target).
 
         Raises:
-            ValueError: a bad argument.
+            ValueError: a bad argument, or a target that the bounded range of the model's output
+                activation (a Tanh or Sigmoid on the logits) puts out of reach of every input
+                (not raised with ``allow_unverified``).
             InversionError: some samples did not verify (and ``allow_unverified`` is False).
         """
         self._check_solver_args(max_iter, max_retries, init_std)
@@ -104,7 +106,7 @@ class ForwardPassInversion(InversionMethod):
             kind, n_classes, trace = self._probe()
             tail = self._output_tail(trace)
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
-            self._check_reachable(goal, tail, "ForwardPassInversion")
+            self._check_reachable(goal, tail, "ForwardPassInversion", allow_unverified)
             N = goal.n
             x = torch.zeros((N, *self.input_shape), dtype=dtype, device=device)
             ok = torch.zeros(N, dtype=torch.bool)

@@ -125,7 +125,7 @@ class GeneralizedInversion(InversionMethod):
         with model_mode_guard(self.forward_func):
             kind, n_classes, trace = self._probe()
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
-            self._check_reachable(goal, self._output_tail(trace), "GeneralizedInversion")
+            self._check_reachable(goal, self._output_tail(trace), "GeneralizedInversion", allow_unverified)
             blocks = self.plan.blocks
             if len(blocks) == 1 and blocks[0].kind == "analytic":
                 inv = BackwardPassInversion(self.forward_func, self.input_shape)

@@ -171,17 +171,22 @@ def test_functional_forward_is_detected():
 
 
 def test_unreachable_target_raises_inversion_error_with_reasons():
-    # a Sigmoid on the logits bounds them to (0, 1): no class can exceed e / (e + 9) ~ 0.23
+    # a Sigmoid on the logits bounds them to (0, 1): no class can exceed e / (e + 9) ~ 0.23,
+    # which is refused before any work unless unverified output is asked for
     torch.manual_seed(0)
     model = FCNN((30, 20, 10), "sigmoid", True)
     inv = BackwardPassInversion(model)
-    with pytest.raises(InversionError) as err:
+    with pytest.raises(ValueError, match="cannot reach"):
         inv.attribute(target=3, n_samples=4, seed=0, max_iter=5, max_retries=1)
-    e = err.value
-    assert e.n_verified == 0 and e.n_requested == 4 and e.partial.shape == (0, 30)
-    assert "output activation" in str(e) and sum(e.reasons.values()) == 4
     x = inv.attribute(target=3, n_samples=4, seed=0, max_iter=5, max_retries=1, allow_unverified=True)
     assert x.shape == (4, 30)
+    # reachable by the activation, not inside a tiny input box: tried, then reported
+    with pytest.raises(InversionError) as err:
+        BackwardPassInversion(FCNN((30, 20, 10), "selu", True)).attribute(
+            target=3, n_samples=4, seed=0, max_iter=5, max_retries=1, input_range=(0.0, 1e-4))
+    e = err.value
+    assert e.n_verified == 0 and e.n_requested == 4 and e.partial.shape == (0, 30)
+    assert "input_range" in str(e) and sum(e.reasons.values()) == 4
 
 
 def test_softmax_terminated_model_and_float64(digit_nets):
