@@ -12,17 +12,16 @@ Usage: python benchmarks/backward_pass.py [--data-root DIR] [--n 2000]
 """
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
 import numpy as np
 import torch
 
 from captum_invert import BackwardPassInversion, InversionError
-from captum_invert.datasets import DATA_ENV, load_dataset
 from captum_invert.metrics import target_probability
 from captum_invert.models import seed_fcnn, train
+
+from _common import data, parser  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
 
 LAM, ALPHA = 1.0507009873554805, 1.6732632423543772
 
@@ -72,14 +71,12 @@ def adam_ascent(model, labels, min_prob=0.9, lr=0.05, max_steps=1000, seed=0):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data-root", default=os.environ.get(DATA_ENV))
+    ap = parser(__doc__)
     ap.add_argument("--n", type=int, default=2000, help="samples for the batched methods")
     ap.add_argument("--n-numpy", type=int, default=100, help="samples for the per-sample NumPy loop")
     args = ap.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
-    name = "mnist" if args.data_root else "digits"
-    tr = load_dataset(name, "train", args.data_root)
+    name, tr, _ = data(args)
     print(f"data: {name} ({len(tr)} training images); torch threads: {torch.get_num_threads()}")
     rows = []
     for depth in (2, 6):

@@ -14,19 +14,18 @@ Usage: python benchmarks/forward_pass.py [--data-root DIR] [--n 500] [--n-scipy 
 """
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import time
 
 import numpy as np
 import torch
 
 from captum_invert import ForwardPassInversion, InversionError
-from captum_invert.datasets import DATA_ENV, load_dataset
 from captum_invert.metrics import target_probability
 from captum_invert.models import TrainConfig, accuracy, seed_fcnn, train, vit_mnist_small
 from captum_invert.solvers.lm import batched_jacobian
+
+from _common import data, parser  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
 
 
 def ours(model, labels, input_range=None):
@@ -144,14 +143,12 @@ def batching_gain(model, n=500, reps=3):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data-root", default=os.environ.get(DATA_ENV))
+    ap = parser(__doc__)
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--n-scipy", type=int, default=20)
     ap.add_argument("--vit-epochs", type=int, default=20)
     args = ap.parse_args()
-    name = "mnist" if args.data_root else "digits"
-    tr, te = load_dataset(name, "train", args.data_root), load_dataset(name, "test", args.data_root)
+    name, tr, te = data(args)
     fcnn = train(seed_fcnn(6), tr, progress=False)
     vit = train(vit_mnist_small(), tr, TrainConfig(epochs=args.vit_epochs, lr=1e-3, optimizer="adamw",
                                                    batch_size=64), progress=True)

@@ -6,16 +6,15 @@ Usage: python benchmarks/generalized.py [--data-root DIR]
 """
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
 import torch
 
 from captum_invert import ForwardPassInversion, GeneralizedInversion, InversionError
-from captum_invert.datasets import DATA_ENV, load_dataset
 from captum_invert.metrics import mean_pairwise_distance
 from captum_invert.models import TrainConfig, accuracy, train, vit_mnist_small
+
+from _common import data, parser  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
 
 
 def run(inv, **kw):
@@ -26,12 +25,10 @@ def run(inv, **kw):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data-root", default=os.environ.get(DATA_ENV))
+    ap = parser(__doc__)
     ap.add_argument("--per-class", type=int, default=16)
     args = ap.parse_args()
-    name = "mnist" if args.data_root else "digits"
-    tr, te = load_dataset(name, "train", args.data_root), load_dataset(name, "test", args.data_root)
+    name, tr, te = data(args)
     vit = train(vit_mnist_small(), tr, TrainConfig(epochs=20, lr=1e-3, optimizer="adamw", batch_size=64))
     print(f"data: {name}; ViT accuracy {accuracy(vit, te):.3f}")
     gen = GeneralizedInversion(vit)

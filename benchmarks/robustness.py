@@ -9,15 +9,14 @@ Usage: python benchmarks/robustness.py [--data-root DIR] [--epochs 5]
 """
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
 import torch
 
 from captum_invert import BackwardPassInversion, ForwardPassInversion, GeneralizedInversion, InversionError
-from captum_invert.datasets import DATA_ENV, load_dataset
 from captum_invert.models import FCNN, TrainConfig, accuracy, train
+
+from _common import data, parser  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
 
 #: (widths, activation, activation on the logits, optimizer, learning rate)
 NETS = [
@@ -31,12 +30,10 @@ NETS = [
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data-root", default=os.environ.get(DATA_ENV))
+    ap = parser(__doc__)
     ap.add_argument("--epochs", type=int, default=5)
     args = ap.parse_args()
-    name = "mnist" if args.data_root else "digits"
-    tr, te = load_dataset(name, "train", args.data_root), load_dataset(name, "test", args.data_root)
+    name, tr, te = data(args)
     labels = [i % 10 for i in range(200)]
     print(f"data: {name}\n")
     print("| net | accuracy | method | verified | in (0,1) | s, s (box) |")
