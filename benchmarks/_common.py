@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
+from captum_invert.blocks.plan import model_mode_guard
 from captum_invert.datasets import DATA_ENV, load_dataset
 
 
@@ -19,3 +21,15 @@ def data(args):
     """``(name, train, test)``: MNIST when ``args.data_root`` is set, else the digits."""
     name = "mnist" if args.data_root else "digits"
     return name, load_dataset(name, "train", args.data_root), load_dataset(name, "test", args.data_root)
+
+
+def frozen(fn):
+    """Run ``fn(model, ...)`` with the model in eval mode and its parameters' ``requires_grad``
+    off, restored afterwards (the library's own guard)."""
+
+    @functools.wraps(fn)
+    def run(model, *args, **kwargs):
+        with model_mode_guard(model):
+            return fn(model, *args, **kwargs)
+
+    return run

@@ -21,7 +21,7 @@ from captum_invert import BackwardPassInversion, InversionError
 from captum_invert.metrics import target_probability
 from captum_invert.models import seed_fcnn, train
 
-from _common import data, parser  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
+from _common import data, frozen, parser  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
 
 LAM, ALPHA = 1.0507009873554805, 1.6732632423543772
 
@@ -50,13 +50,12 @@ def numpy_paper(model, label, std, cond_num, rng):
     return torch.tensor(y, dtype=torch.float32).reshape(1, 1, 28, 28)
 
 
+@frozen
 def adam_ascent(model, labels, min_prob=0.9, lr=0.05, max_steps=1000, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn((len(labels), 1, 28, 28), generator=g) * 0.1).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
     lab = torch.as_tensor(labels)
-    for p in model.parameters():
-        p.requires_grad_(False)
     for _ in range(max_steps):
         lp = torch.log_softmax(model(x), 1).gather(1, lab[:, None]).squeeze(1)
         if bool((lp >= np.log(min_prob)).all()):
@@ -65,8 +64,6 @@ def adam_ascent(model, labels, min_prob=0.9, lr=0.05, max_steps=1000, seed=0):
         # only unfinished samples push
         (-(lp * (lp < np.log(min_prob))).sum()).backward()
         opt.step()
-    for p in model.parameters():
-        p.requires_grad_(True)
     return x.detach()
 
 

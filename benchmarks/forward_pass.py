@@ -25,7 +25,7 @@ from captum_invert.metrics import target_probability
 from captum_invert.models import TrainConfig, accuracy, seed_fcnn, train, vit_mnist_small
 from captum_invert.solvers.lm import batched_jacobian
 
-from _common import data, parser  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
+from _common import data, frozen, parser  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
 
 
 def ours(model, labels, input_range=None):
@@ -36,7 +36,7 @@ def ours(model, labels, input_range=None):
     except InversionError as e:
         x = e.partial
     dt = time.perf_counter() - t
-    return len(x), dt, inv.last_stats["converged_first_start"]
+    return len(x), dt, inv.last_stats["converged_first_start"], inv.last_stats["mean_iterations"]
 
 
 def _log_odds(model, x, lab):
@@ -72,13 +72,12 @@ def scipy_per_sample(model, labels, aim=0.95):
     return ok, time.perf_counter() - t
 
 
+@frozen
 def adam(model, labels, lr=0.05, max_steps=1000):
     g = torch.Generator().manual_seed(0)
     x = torch.randn((len(labels), 1, 28, 28), generator=g).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
     lab = torch.as_tensor(labels)
-    for p in model.parameters():
-        p.requires_grad_(False)
     t = time.perf_counter()
     for _ in range(max_steps):
         lp = torch.log_softmax(model(x), 1).gather(1, lab[:, None]).squeeze(1)
@@ -89,18 +88,15 @@ def adam(model, labels, lr=0.05, max_steps=1000):
         (-(lp * todo).sum()).backward()
         opt.step()
     dt = time.perf_counter() - t
-    for p in model.parameters():
-        p.requires_grad_(True)
     return int((target_probability(model, x.detach(), labels) >= 0.9).sum()), dt
 
 
+@frozen
 def iteration_vs_jacobian(model, n=256, reps=5):
     """Seconds of one LM iteration (from ForwardPassInversion's solver, timed over max_iter=1
     calls minus one Jacobian for the start) against one batched Jacobian evaluation."""
     x = torch.randn(n, 784)
     lab = torch.arange(n) % 10
-    for p in model.parameters():
-        p.requires_grad_(False)
     f = lambda z: (math.log(0.95) - torch.log_softmax(model(z.view(-1, 1, 28, 28)), 1).gather(1, lab[:, None])).clamp_min(0)  # noqa: E731
     from captum_invert.solvers import levenberg_marquardt
 
@@ -118,16 +114,13 @@ def iteration_vs_jacobian(model, n=256, reps=5):
     for _ in range(reps):
         levenberg_marquardt(lambda z, idx: f(z), x, max_iter=0, done_fn=never)
     t_zero = (time.perf_counter() - t) / reps
-    for p in model.parameters():
-        p.requires_grad_(True)
     return t_one - t_zero, t_jac
 
 
+@frozen
 def batching_gain(model, n=500, reps=3):
     """ms per sample of one forward + backward pass (the input gradient) alone and in a batch
     of ``n``: what batching can buy any Jacobian-based method on this machine."""
-    for p in model.parameters():
-        p.requires_grad_(False)
     out = []
     for b in (1, n):
         x = torch.randn(b, 1, 28, 28, requires_grad=True)
@@ -137,8 +130,6 @@ def batching_gain(model, n=500, reps=3):
             torch.autograd.grad(torch.log_softmax(model(x), 1)[:, 0].sum(), x)
             best = min(best, time.perf_counter() - t)
         out.append(best / b * 1e3)
-    for p in model.parameters():
-        p.requires_grad_(True)
     return out
 
 
@@ -155,14 +146,14 @@ def main():
     print(f"data: {name}; 6-layer SELU accuracy {accuracy(fcnn, te):.3f}; "
           f"ViT (depth 4, dim 96) accuracy {accuracy(vit, te):.3f}; torch threads {torch.get_num_threads()}")
     labels = [i % 10 for i in range(args.n)]
-    print("\n| model | (a) ours: verified % (first start), s/verified | box (0,1): verified % (first start) "
+    print("\n| model | (a) ours: verified % (first start), s/verified, mean LM iterations | box (0,1): verified % (first start) "
           "| (b) scipy per sample: verified %, s/verified | (c) Adam: verified %, s/verified "
           "| (b)/(a) | (c)/(a) | LM iteration / Jacobian | forward+backward ms/sample: alone, batch 500 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for mname, model in (("6-layer SELU", fcnn), ("ViT d4 w96", vit)):
         ForwardPassInversion(model).attribute(target=[0, 1], seed=1)  # warm-up
-        n_ok, t_a, first = ours(model, labels)
-        n_box, _, first_box = ours(model, labels, (0.0, 1.0))
+        n_ok, t_a, first, its = ours(model, labels)
+        n_box, _, first_box, _ = ours(model, labels, (0.0, 1.0))
         ok_c, t_c = adam(model, labels)  # before scipy: after its loop, BLAS threads slowed torch
         ok_b, t_b = scipy_per_sample(model, labels[: args.n_scipy])
         s_a = t_a / max(n_ok, 1)
@@ -170,7 +161,7 @@ def main():
         s_c = t_c / ok_c if ok_c else float("inf")
         t_it, t_jac = iteration_vs_jacobian(model)
         t1, tn = batching_gain(model)
-        print(f"| {mname} | {100 * n_ok / args.n:.1f}% ({100 * first / args.n:.1f}%), {s_a * 1e3:.3f} ms "
+        print(f"| {mname} | {100 * n_ok / args.n:.1f}% ({100 * first / args.n:.1f}%), {s_a * 1e3:.3f} ms, {its:.1f} "
               f"| {100 * n_box / args.n:.1f}% ({100 * first_box / args.n:.1f}%) "
               f"| {100 * ok_b / args.n_scipy:.0f}%, {s_b * 1e3:.1f} ms | {100 * ok_c / args.n:.1f}%, {s_c * 1e3:.3f} ms "
               f"| {s_b / s_a:.0f}x | {s_c / s_a:.1f}x | {t_it / t_jac:.2f} | {t1:.3f}, {tn:.3f} ({t1 / tn:.1f}x) |")

@@ -12,12 +12,12 @@ Usage: python benchmarks/learned.py [--reps 20]
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch import nn
 
 from captum_invert._core.learned import DefaultDecoder
+from captum_invert.cli import _ms_per_image
 
 
 def plain_copy(dec: DefaultDecoder) -> nn.Module:
@@ -46,13 +46,8 @@ def plain_copy(dec: DefaultDecoder) -> nn.Module:
 
 def ms_per_image(fn, n, reps):
     with torch.no_grad():
-        fn()
-        best = float("inf")
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t)
-    return best / n * 1e3
+        fn()  # warm-up
+        return _ms_per_image(fn, n, reps)
 
 
 def main():

@@ -351,7 +351,7 @@ class InversionMethod(Attribution):
         asked for the closest inputs anyway)."""
         if tail is None or allow_unverified:
             return
-        lo, hi = (t.double().cpu() for t in self._tail_range(tail, goal.n_classes, torch.float64, "cpu"))
+        lo, hi = self._tail_range(tail, goal.n_classes, torch.float64, "cpu")
         # p_c is largest with z_c = hi_c and every other z_j = lo_j, smallest the other way round
         eye = torch.eye(len(lo), dtype=torch.bool)
         p_max = 1 / (1 + torch.exp(lo[None, :] - hi[:, None]).masked_fill(eye, 0).sum(1))
@@ -427,6 +427,7 @@ class InversionMethod(Attribution):
             def done(xx, rr, idx, lp_t):
                 return lp_t.squeeze(1) >= log_stop - 1e-12
 
+            goal_res.log_odds = log_odds
             return goal_res, done
         logP = gl.dist.to(dtype).clamp_min(gl.atol / (2 * gl.n_classes))
         logP = (logP / logP.sum(1, keepdim=True)).log()
@@ -514,9 +515,7 @@ class InversionMethod(Attribution):
                 def res(xx, idx):
                     return goal_res(lp_of(xx), idx)
             elif gl.labels is not None:
-                aim_p = (1.0 + goal.min_prob) / 2
-                log_odds = math.log(aim_p / (1 - aim_p))
-
+                log_odds = goal_res.log_odds
                 safe = tail_fwd(zero)[None]  # in the tail's range: the inverse is finite there
 
                 def res(xx, idx):
