@@ -1,4 +1,6 @@
-"""Metrics of generated inputs: verification, diversity, distance to the training set."""
+"""Metrics of generated inputs: verification, diversity, distance to the training set, and the
+quality of prototypes as an independent judge sees them (judge accuracy with a reject option,
+Frechet distance in the judge's feature space, copies of reference images)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,7 +11,8 @@ from torch import Tensor, nn
 from .blocks.plan import model_mode_guard
 
 __all__ = ["class_probabilities", "target_probability", "mean_pairwise_distance",
-           "nearest_distance"]
+           "nearest_distance", "judge_accuracy", "judge_features", "frechet_distance",
+           "class_diversity", "copies", "prototype_report"]
 
 
 def class_probabilities(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
@@ -67,3 +70,123 @@ def nearest_distance(x: Tensor, reference: Tensor, batch_size: int = 512,
             d = torch.where(same, d, torch.full_like(d, float("inf")))
         out[i:i + batch_size] = d.amin(1).cpu()
     return out
+
+
+def judge_accuracy(judge: nn.Module, x: Tensor, labels, reject_class: Optional[int] = None,
+                   batch_size: int = 1024) -> dict:
+    """How an independent judge model reads inversions (the model-inversion literature's attack
+    accuracy), with a reject option.
+
+    A judge that must name one of the classes "reads" noise as some class; one with a reject
+    output (e.g. "no digit", trained on noise, blobs and gratings) can say that an image is none
+    of them. Pass its index as ``reject_class``.
+
+    Args:
+        judge (nn.Module): the judge (never the audited model); eval mode, restored.
+        x (Tensor): ``(N, *input_shape)`` inversions.
+        labels (int or Tensor): the intended class of each, ``(N,)``.
+        reject_class (int, optional): the judge's reject output.
+
+    Returns:
+        dict: ``read`` (fraction whose top output is the intended class), ``forced`` (the same
+        among the class outputs only, the reject output left out), ``rejected`` (fraction whose
+        top output is the reject class; 0 without one).
+    """
+    p = class_probabilities(judge, x, batch_size)
+    lab = torch.as_tensor(labels, device=p.device).reshape(-1).expand(len(p))
+    top = p.argmax(1)
+    if reject_class is not None:
+        if not 0 <= reject_class < p.shape[1]:
+            raise ValueError(f"`reject_class` must be in [0, {p.shape[1]}), got {reject_class!r}")
+        keep = torch.ones(p.shape[1], dtype=torch.bool, device=p.device)
+        keep[reject_class] = False
+        idx = keep.nonzero().squeeze(1)
+        forced = idx[p[:, keep].argmax(1)]
+        rejected = float((top == reject_class).double().mean()) if len(p) else 0.0
+    else:
+        forced, rejected = top, 0.0
+    n = max(len(p), 1)
+    return {"read": float((top == lab).sum()) / n, "forced": float((forced == lab).sum()) / n,
+            "rejected": rejected}
+
+
+def judge_features(judge: nn.Module, x: Tensor, layer: Optional[nn.Module] = None,
+                   batch_size: int = 1024) -> Tensor:
+    """``(N, D)`` features of ``x`` in the judge: the input of ``layer`` (default: the judge's
+    last ``nn.Linear``, i.e. its penultimate features), in eval mode (restored)."""
+    if layer is None:
+        lins = [m for m in judge.modules() if isinstance(m, nn.Linear)]
+        if not lins:
+            raise ValueError("`layer` is required: the judge has no nn.Linear")
+        layer = lins[-1]
+    feats = []
+    h = layer.register_forward_pre_hook(lambda m, i: feats.append(i[0].detach().flatten(1)))
+    try:
+        with model_mode_guard(judge), torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                judge(x[i:i + batch_size])
+    finally:
+        h.remove()
+    return torch.cat(feats).double().cpu()
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    r"""Frechet distance between Gaussians fitted to two feature sets ``(N, D)`` and ``(M, D)``:
+    ``||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2})`` (FID's formula, Heusel et al.
+    2017, in any feature space; use :func:`judge_features`). Computed in float64 with symmetric
+    eigendecompositions: ``Tr (S_a S_b)^{1/2}`` is the sum of the square roots of the
+    eigenvalues of ``S_a^{1/2} S_b S_a^{1/2}``."""
+    a, b = a.double().reshape(len(a), -1), b.double().reshape(len(b), -1)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("frechet_distance needs at least 2 samples in each set")
+    ma, mb = a.mean(0), b.mean(0)
+    sa, sb = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    w, v = torch.linalg.eigh(sa)
+    ra = (v * w.clamp_min(0).sqrt()) @ v.T
+    cross = torch.linalg.eigvalsh(ra @ sb @ ra).clamp_min(0).sqrt().sum()
+    return float((ma - mb).pow(2).sum() + sa.trace() + sb.trace() - 2 * cross)
+
+
+def class_diversity(x: Tensor, labels) -> float:
+    """Mean over classes of :func:`mean_pairwise_distance` of the samples of that class (how much
+    the samples of one target differ; near-duplicates give about 0)."""
+    lab = torch.as_tensor(labels).reshape(-1).expand(len(x))
+    vals = [mean_pairwise_distance(x[lab == c]) for c in lab.unique().tolist() if int((lab == c).sum()) > 1]
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+def copies(x: Tensor, reference: Tensor, radius: float = 1.0) -> Tensor:
+    """``(N,)`` bool: which samples lie within L2 ``radius`` of some reference image (a copy of
+    a training image rather than something the inversion made)."""
+    return nearest_distance(x, reference) <= radius
+
+
+def prototype_report(x: Tensor, labels, judge: nn.Module, reference: Tensor, reference_labels: Tensor,
+                     reject_class: Optional[int] = None, copy_radius: float = 1.0) -> dict:
+    """Every prototype-quality figure of a set of inversions at once.
+
+    Args:
+        x (Tensor): ``(N, *input_shape)`` inversions; ``labels`` ``(N,)`` their classes.
+        judge (nn.Module): an independent judge; ``reject_class`` its reject output.
+        reference (Tensor): ``(M, *input_shape)`` real images with ``reference_labels`` ``(M,)``.
+        copy_radius (float): L2 radius of :func:`copies`; copies do not count as read.
+
+    Returns:
+        dict: ``read``, ``forced``, ``rejected`` (:func:`judge_accuracy`, copies counted as not
+        read), ``copies`` (fraction), ``nn_dist`` (mean distance to the nearest reference image
+        of the same class), ``frechet`` (judge features of ``x`` against those of the references
+        of the same classes), ``diversity`` (:func:`class_diversity`).
+    """
+    lab = torch.as_tensor(labels).reshape(-1).expand(len(x)).cpu()
+    cp = copies(x, reference, copy_radius)
+    acc = judge_accuracy(judge, x[~cp], lab[~cp], reject_class) if bool((~cp).any()) else {
+        "read": 0.0, "forced": 0.0, "rejected": 0.0}
+    keep = float((~cp).double().mean())
+    ref_sel = torch.isin(reference_labels.cpu(), lab.unique())
+    fx = judge_features(judge, x)
+    fr = judge_features(judge, reference[ref_sel])
+    return {"read": acc["read"] * keep, "forced": acc["forced"] * keep, "rejected": acc["rejected"] * keep,
+            "copies": float(cp.double().mean()),
+            "nn_dist": float(nearest_distance(x, reference, labels=lab, reference_labels=reference_labels.cpu()).mean()),
+            "frechet": frechet_distance(fx, fr) if len(fx) > 1 else float("nan"),
+            "diversity": class_diversity(x, lab)}

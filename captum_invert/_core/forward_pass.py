@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..blocks.plan import model_mode_guard
+from ..priors import resolve_prior
 from .base import InversionMethod, count_reasons, make_generator, random_starts
 
 __all__ = ["ForwardPassInversion"]
@@ -56,6 +57,7 @@ class ForwardPassInversion(InversionMethod):
         init_std: float = 1.0,
         max_retries: int = 3,
         residual: str = "log_prob",
+        prior=None,
         return_convergence_delta: bool = False,
         allow_unverified: bool = False,
     ):
@@ -80,6 +82,12 @@ class ForwardPassInversion(InversionMethod):
             max_retries (int): new random starts for samples that do not converge.
             residual (str): ``'log_prob'`` (default) or ``'prob'``; see
                 :meth:`~captum_invert._core.base.InversionMethod._solve_to_goal`.
+            prior (optional): an image prior (:mod:`captum_invert.priors`), ``'auto'``
+                (:func:`~captum_invert.priors.auto_prior`) or None. With a prior every start
+                (``inputs`` included) is first shaped by it (Adam on the prior's variables,
+                through its transforms and penalties); Levenberg-Marquardt then polishes the
+                shaped image on the untransformed model, with the smallest steps that reach the
+                target, and the model verifies the result as always.
             return_convergence_delta (bool): also return the per-sample delta.
             allow_unverified (bool): return unconverged samples too instead of raising.
 
@@ -102,6 +110,8 @@ class ForwardPassInversion(InversionMethod):
         n_inputs = self._check_inputs(inputs)
         gen = make_generator(seed)
         dtype, device = self._model_dtype_device()
+        prior = resolve_prior(prior, self.forward_func, self.input_shape)
+        self.last_stats = {}
         with model_mode_guard(self.forward_func):
             kind, n_classes, trace = self._probe()
             tail = self._output_tail(trace)
@@ -113,7 +123,8 @@ class ForwardPassInversion(InversionMethod):
             delta = torch.ones(N, dtype=torch.float64)
             iters = torch.zeros(N, dtype=torch.long)
             nonfinite = torch.zeros(N, dtype=torch.bool)
-            stats = {"restarts": 0, "converged_first_start": 0}
+            stats = self.last_stats
+            stats.update(restarts=0, converged_first_start=0)
             for attempt in range(max_retries + 1):
                 todo = (~ok).nonzero().squeeze(1)
                 if todo.numel() == 0:
@@ -122,8 +133,11 @@ class ForwardPassInversion(InversionMethod):
                     x0 = inputs.detach().to(dtype=dtype, device=device)
                     if input_range is not None:
                         x0 = x0.clamp(*input_range)
-                else:
+                elif prior is None:
                     x0 = random_starts(len(todo), self.input_shape, input_range, gen, init_std, dtype, device)
+                if prior is not None:
+                    x0 = self._shaped_starts(prior, goal.subset(todo), kind, input_range, gen,
+                                             x0 if attempt == 0 and inputs is not None else None)
                 stats["restarts"] += int(attempt > 0) * len(todo)
                 sol, _, ok_t, d_t = self._solve_to_goal(x0, goal.subset(todo), kind, max_iter,
                                                         input_range, residual, stop=0.1, tail=tail)
@@ -134,7 +148,6 @@ class ForwardPassInversion(InversionMethod):
                 if attempt == 0:
                     stats["converged_first_start"] = int(ok_t.sum())
             stats["mean_iterations"] = float(iters.double().mean())
-            self.last_stats = stats
             reason = (f"Levenberg-Marquardt did not reach the target within {max_iter} iterations "
                       f"from {max_retries + 1} random start(s)"
                       + (f" inside input_range {input_range}" if input_range else ""))

@@ -9,7 +9,9 @@ from torch import Tensor, nn
 
 from ..blocks.plan import InversionPlan, model_mode_guard
 from ..solvers.lm import levenberg_marquardt
+from ..priors import resolve_prior
 from .backward_pass import BackwardPassInversion, build_chain
+from .forward_pass import ForwardPassInversion
 from .base import (
     InversionMethod, count_reasons, make_generator, random_starts,
 )
@@ -89,6 +91,7 @@ class GeneralizedInversion(InversionMethod):
         seed=None,
         init_std: float = 1.0,
         max_retries: int = 3,
+        prior=None,
         return_convergence_delta: bool = False,
         allow_unverified: bool = False,
     ):
@@ -111,6 +114,12 @@ class GeneralizedInversion(InversionMethod):
             seed (int or torch.Generator, optional): reproducibility.
             init_std (float): standard deviation of random starts without ``input_range``.
             max_retries (int): new random starts for samples that fail.
+            prior (optional): an image prior (:mod:`captum_invert.priors`), ``'auto'`` or None.
+                Every start is first shaped by it; the blocks then move the shaped image as
+                little as they can: the analytic head keeps the start's own null-space component
+                and adds no noise, the tail's null-space preference stays. A model that is one
+                analytic block is solved as by :class:`~captum_invert.ForwardPassInversion` with
+                the prior (the back-pass's null-space noise would undo the prior).
             return_convergence_delta (bool): also return the per-sample delta.
             allow_unverified (bool): return failed samples instead of raising.
 
@@ -122,24 +131,35 @@ class GeneralizedInversion(InversionMethod):
         input_range = self._check_range(input_range)
         n_inputs = self._check_inputs(inputs)
         gen = make_generator(seed)
+        prior = resolve_prior(prior, self.forward_func, self.input_shape)
+        self.last_stats = {}
         with model_mode_guard(self.forward_func):
             kind, n_classes, trace = self._probe()
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
             self._check_reachable(goal, self._output_tail(trace), "GeneralizedInversion", allow_unverified)
             blocks = self.plan.blocks
+            tgt = goal.labels.tolist() if goal.labels is not None else goal.dist
+            if prior is not None and len(blocks) == 1 and blocks[0].kind == "analytic":
+                inv = ForwardPassInversion(self.forward_func, self.input_shape)
+                out = inv.attribute(inputs, tgt, None, max(max_iter, 1), input_range, min_prob, atol, gen,
+                                    init_std, max_retries, prior=prior,
+                                    return_convergence_delta=return_convergence_delta,
+                                    allow_unverified=allow_unverified)
+                self.last_stats = {"route": "forward_pass", **inv.last_stats}
+                return out
             if len(blocks) == 1 and blocks[0].kind == "analytic":
                 inv = BackwardPassInversion(self.forward_func, self.input_shape)
-                out = inv.attribute(inputs, goal.labels.tolist() if goal.labels is not None else goal.dist,
-                                    None, std, cond_num, gen, input_range, min_prob, atol, margin,
+                out = inv.attribute(inputs, tgt, None, std, cond_num, gen, input_range, min_prob, atol, margin,
                                     max(max_iter, 1), max_retries, init_std,
                                     return_convergence_delta, allow_unverified)
                 self.last_stats = {"route": "backward_pass", **inv.last_stats}
                 return out
             return self._run(goal, kind, std, cond_num, max_iter, input_range, margin, gen,
-                             init_std, max_retries, inputs, return_convergence_delta, allow_unverified)
+                             init_std, max_retries, inputs, return_convergence_delta, allow_unverified,
+                             prior)
 
     def _run(self, goal, kind, std, cond_num, max_iter, input_range, margin, gen, init_std,
-             max_retries, inputs, return_delta, allow_unverified):
+             max_retries, inputs, return_delta, allow_unverified, prior=None):
         plan = self.plan
         blocks = plan.blocks
         dtype, device = self._model_dtype_device()
@@ -159,8 +179,8 @@ class GeneralizedInversion(InversionMethod):
         ok = torch.zeros(N, dtype=torch.bool)
         delta = torch.ones(N, dtype=torch.float64)
         why = [""] * N
-        stats = {"route": "generalized", "head": head is not None, "tail": tail is not None,
-                 "restarts": 0}
+        stats = self.last_stats
+        stats.update(route="generalized", head=head is not None, tail=tail is not None, restarts=0)
         for attempt in range(max_retries + 1):
             todo = (~ok).nonzero().squeeze(1)
             if todo.numel() == 0:
@@ -169,8 +189,11 @@ class GeneralizedInversion(InversionMethod):
             g = goal.subset(todo)
             if attempt == 0 and inputs is not None:
                 x0 = inputs[todo].detach().to(dtype=dtype, device=device)
-            else:
+            elif prior is None:
                 x0 = random_starts(len(todo), shape, input_range, gen, init_std, dtype, device)
+            if prior is not None:
+                x0 = self._shaped_starts(prior, g, kind, input_range, gen,
+                                         x0 if attempt == 0 and inputs is not None else None)
             # null-space targets of the tail: one sampled direction per sample
             null = None
             if tail_chain is not None and std > 0 and tail_chain.layers[0].inv.null.shape[1] > 0:
@@ -203,7 +226,8 @@ class GeneralizedInversion(InversionMethod):
                     pd = pending.to(head_chain.device)
                     xf, bad, why_h = BackwardPassInversion._walk(
                         head_chain, u[pending.to(u.device)].to(head_chain.device),
-                        ([r[pd] for r in refs[0]], [r[pd] for r in refs[1]]), scale, std, gen, input_range)
+                        ([r[pd] for r in refs[0]], [r[pd] for r in refs[1]]), scale,
+                        0.0 if prior is not None else std, gen, input_range)
                     cand = xf.reshape(len(pending), *shape).to(dtype=dtype, device=device)
                     ok_c, _, _ = self._verify(cand, goal.subset(todo[pending]), kind, input_range)
                     ok_c &= ~bad.cpu()
@@ -223,7 +247,6 @@ class GeneralizedInversion(InversionMethod):
                 elif not why[i]:
                     why[i] = (f"Levenberg-Marquardt through the opaque blocks did not reach the "
                               f"target within {max_iter} iterations")
-        self.last_stats = stats
         return self._finish(x, ok, delta, count_reasons([w if not o else "" for w, o in zip(why, ok.tolist())]),
                             allow_unverified, return_delta, "GeneralizedInversion")
 

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from ...blocks.plan import model_mode_guard
+from ...priors import resolve_prior
 from ..base import InversionMethod, count_reasons, make_generator, random_starts
 
 __all__ = ["ActivationMaximization"]
@@ -43,7 +44,7 @@ class ActivationMaximization(InversionMethod):
     def attribute(self, inputs=None, target=None, n_samples: Optional[int] = None,
                   max_iter: int = 500, lr: float = 0.05, l2: float = 0.0, tv: float = 0.0,
                   input_range=None, start: str = "random", init_std: float = 0.1,
-                  min_prob: float = 0.9, seed=None, return_convergence_delta: bool = False,
+                  min_prob: float = 0.9, seed=None, prior=None, return_convergence_delta: bool = False,
                   allow_unverified: bool = False):
         r"""Ascend the target class's log-probability.
 
@@ -59,6 +60,12 @@ class ActivationMaximization(InversionMethod):
             init_std (float): random starts' standard deviation (no ``input_range``).
             min_prob (float): stop and verification threshold.
             seed: reproducibility.
+            prior (optional): an image prior (:mod:`captum_invert.priors`), ``'auto'`` or None.
+                With a prior the ascent runs on the prior's variables, through its transforms,
+                with its penalties (:func:`~captum_invert.priors.shape_inputs`), for ``max_iter``
+                steps at ``lr`` unless the prior sets its own; ``l2`` and ``tv`` must then be 0
+                (put :class:`~captum_invert.priors.L2` / :class:`~captum_invert.priors.TV` in the
+                prior). There is no polish: what does not verify raises as usual.
 
         Returns:
             Tensor or (Tensor, Tensor): inputs ``(N, *input_shape)`` (and ``1 - p_target``).
@@ -74,11 +81,30 @@ class ActivationMaximization(InversionMethod):
         n_inputs = self._check_inputs(inputs)
         gen = make_generator(seed)
         dtype, device = self._model_dtype_device()
+        prior = resolve_prior(prior, self.forward_func, self.input_shape)
+        if prior is not None:
+            if l2 or tv:
+                raise ValueError("`l2` and `tv` must be 0 with a `prior`: add priors.L2 / priors.TV to the prior")
+            prior = prior.with_options(steps=prior.steps or max_iter, lr=prior.lr or lr)
+        self.last_stats = {}
         with model_mode_guard(self.forward_func):
             kind, n_classes, _ = self._probe()
             goal = self._parse_target(target, n_samples, n_classes, min_prob, 0.02, n_inputs)
             if goal.labels is None:
                 raise ValueError("`target` must be class indices for ActivationMaximization")
+            if prior is not None:
+                x0 = inputs
+                if x0 is None and start == "dataset":
+                    from .dataset_search import DatasetSearch
+
+                    x0 = DatasetSearch(self.forward_func, self.images, self.input_shape).attribute(
+                        target=goal.labels.tolist(), allow_unverified=True)
+                x = self._shaped_starts(prior, goal, kind, input_range, gen, x0)
+                ok, delta, _ = self._verify(x, goal, kind, input_range)
+                reasons = count_reasons([f"the prior's ascent did not reach p >= {min_prob} in "
+                                         f"{prior.steps} steps" if not o else "" for o in ok.tolist()])
+                return self._finish(x, ok, delta, reasons, allow_unverified, return_convergence_delta,
+                                    "ActivationMaximization")
             if inputs is not None:
                 x = inputs.detach().to(dtype=dtype, device=device).clone()
             elif start == "dataset":

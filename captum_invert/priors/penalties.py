@@ -1,0 +1,102 @@
+"""Penalties: total variation, L2, and BatchNorm-statistics matching (DeepInversion)."""
+from __future__ import annotations
+
+import contextlib
+from typing import List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .base import Penalty
+
+__all__ = ["TV", "L2", "BNStats", "bn_statistics_gap"]
+
+
+class TV(Penalty):
+    """``weight *`` the mean absolute difference of neighbouring pixels (anisotropic total
+    variation, per sample); favours piecewise-smooth images (Mahendran & Vedaldi 2015)."""
+
+    def __init__(self, weight: float = 1.0) -> None:
+        self.weight = weight
+
+    def __call__(self, x, z):
+        if x.dim() < 4:
+            return torch.zeros(len(x), dtype=x.dtype, device=x.device)
+        dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
+        dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+        return self.weight * (dx + dy)
+
+    def __repr__(self) -> str:
+        return f"TV({self.weight})"
+
+
+class L2(Penalty):
+    """``weight *`` the mean squared distance of the pixels to ``center`` (default 0)."""
+
+    def __init__(self, weight: float = 1.0, center: float = 0.0) -> None:
+        self.weight, self.center = weight, center
+
+    def __call__(self, x, z):
+        return self.weight * (x - self.center).flatten(1).pow(2).mean(1)
+
+    def __repr__(self) -> str:
+        return f"L2({self.weight})"
+
+
+def _bn_gap(inp: Tensor, bn: nn.modules.batchnorm._BatchNorm) -> Tensor:
+    dims = [0] + list(range(2, inp.dim()))
+    mean = inp.mean(dims)
+    var = inp.var(dims, unbiased=False)
+    rv = bn.running_var.to(inp) + bn.eps
+    return ((mean - bn.running_mean.to(inp)).pow(2) / rv).mean() + (torch.log(var + bn.eps) - rv.log()).pow(2).mean()
+
+
+class BNStats(Penalty):
+    r"""BatchNorm-statistics matching (Yin et al. 2020, DeepInversion): the batch's per-channel
+    mean and variance at the input of every BatchNorm layer should be the layer's running
+    statistics (those of the training data). Scale-free form, averaged over layers and channels:
+    ``(mu - mu_run)^2 / var_run + (log var - log var_run)^2``. A batch term (it needs several
+    samples), spread evenly over the samples. Layers without running statistics are skipped.
+
+    Args:
+        weight (float): weight of the term.
+    """
+
+    def __init__(self, weight: float = 1.0) -> None:
+        self.weight = weight
+        self._terms: List[Tensor] = []
+
+    @contextlib.contextmanager
+    def hooks(self, model):
+        layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                  and m.running_mean is not None] if isinstance(model, nn.Module) else []
+        handles = [m.register_forward_pre_hook(lambda mod, i: self._terms.append(_bn_gap(i[0], mod)))
+                   for m in layers]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            self._terms = []
+
+    def batch_term(self) -> Optional[Tensor]:
+        if not self._terms:
+            return None
+        t = torch.stack(self._terms).mean() * self.weight
+        self._terms = []
+        return t
+
+    def __repr__(self) -> str:
+        return f"BNStats({self.weight})"
+
+
+def bn_statistics_gap(model: nn.Module, x: Tensor) -> float:
+    """The :class:`BNStats` gap (weight 1) of a batch ``x`` on ``model`` (eval mode, restored),
+    a number >= 0 that is 0 when every BatchNorm layer sees its running statistics."""
+    from ..blocks.plan import model_mode_guard
+
+    pen = BNStats(1.0)
+    with model_mode_guard(model), pen.hooks(model), torch.no_grad():
+        model(x)
+        t = pen.batch_term()
+    return 0.0 if t is None else float(t)
