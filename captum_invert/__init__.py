@@ -16,10 +16,11 @@ from ._core.baselines import (
 )
 from .blocks.plan import InversionPlan
 from .blocks import register_activation
+from . import priors
 
 __version__ = "0.1.0"
 
 __all__ = ["ActivationMaximization", "DatasetSearch", "ExactInversion", "MiddleFilter",
            "PixelImportance", "PseudoInverseInversion", "TopBottomFilter", "stability_report",
            "BackwardPassInversion", "ForwardPassInversion", "GeneralizedInversion", "InversionPlan", "LayerInversion", "LearnedInversion", "InversionError", "InversionMethod", "register_activation",
-           "__version__"]
+           "priors", "__version__"]

@@ -113,14 +113,22 @@ def run_demo(dataset: str = "digits", data_root=None, out="demo_out", samples_pe
 
 
 def run_compare(dataset: str = "digits", data_root=None, out="compare_out", samples_per_class: int = 4,
-                epochs: int = 20, vit_epochs: int = 20, seed: int = 0, progress: bool = True) -> dict:
+                epochs: int = 20, vit_epochs: int = 20, seed: int = 0, progress: bool = True,
+                judge_epochs: int = 12, prior_steps: Optional[int] = None) -> dict:
     """Every method side by side, like the seed paper's Fig. 3: rows are methods, columns are
     classes, each image captioned with the probability its model gives the target class.
     Writes ``methods.png``, ``methods.json`` and ``methods.md`` to ``out``.
 
     The seed-002 methods (pseudo-inverse with and without filters, pixel importance) run on seed
     002's MLP, as in that paper; dataset search and activation maximization on the 2-layer SELU
-    net; the backward pass on the 1/2/6-layer SELU nets; the forward pass on the small ViT.
+    net; the backward pass on the 1/2/6-layer SELU nets; the forward pass and the generalized
+    inversion on the small ViT. The methods that take a ``prior`` get a second row with
+    :func:`~captum_invert.priors.DataPrior` of the training images. An independent judge
+    (:func:`~captum_invert.models.cnn.train_judge`, with a "no digit" class) gives the columns
+    read / forced / rejected (:func:`~captum_invert.metrics.prototype_report`), with the class
+    nearest-neighbour distance, the Frechet distance in its features and the per-class diversity.
+    ``judge_epochs`` trains the judge, ``prior_steps`` sets the prior's shaping steps (default
+    :data:`~captum_invert.priors.DEFAULT_STEPS`).
 
     Returns:
         dict: the table.
@@ -132,11 +140,13 @@ def run_compare(dataset: str = "digits", data_root=None, out="compare_out", samp
     from tqdm.auto import tqdm
 
     from . import (ActivationMaximization, BackwardPassInversion, DatasetSearch,
-                   ForwardPassInversion, InversionError, MiddleFilter, PixelImportance,
+                   ForwardPassInversion, GeneralizedInversion, InversionError, MiddleFilter, PixelImportance,
                    PseudoInverseInversion, TopBottomFilter)
     from .datasets import load_dataset
-    from .metrics import mean_pairwise_distance, nearest_distance, target_probability
+    from .metrics import nearest_distance, prototype_report, target_probability
     from .models import MLP, TrainConfig, seed_fcnn, train, vit_mnist_small
+    from .models.cnn import NO_DIGIT, train_judge
+    from .priors import DataPrior
     from .visualization import plot_inversion_grid
 
     out = Path(out)
@@ -151,51 +161,59 @@ def run_compare(dataset: str = "digits", data_root=None, out="compare_out", samp
     mlp = train(MLP(d_in, C, input_shape=shape), tr, cfg, progress=progress)
     vit = train(vit_mnist_small(img_size=shape[-1], num_classes=C), tr,
                 TrainConfig(epochs=vit_epochs, lr=1e-3, optimizer="adamw", seed=seed), progress=progress)
+    judge = train_judge(tr, epochs=judge_epochs, seed=seed, progress=progress)
+    prior = DataPrior(xtr).with_options(steps=prior_steps)
     K = samples_per_class
+    box = (0.0, 1.0)
     methods = [
-        ("dataset search (best)", nets[2], lambda c: DatasetSearch(nets[2], xtr).attribute(target=c, n_samples=K, allow_unverified=True)),
-        ("dataset search (mean 25%)", nets[2], lambda c: DatasetSearch(nets[2], xtr).attribute(target=c, n_samples=K, mode="mean", allow_unverified=True)),
-        ("pixel importance (MLP)", mlp, lambda c: PixelImportance(mlp).attribute(target=c, n_samples=K, allow_unverified=True)),
-        ("pseudo-inverse (MLP)", mlp, lambda c: PseudoInverseInversion(mlp).attribute(target=c, n_samples=K, allow_unverified=True)),
-        ("pseudo-inverse, top/bottom 10% (MLP)", mlp, lambda c: PseudoInverseInversion(mlp).attribute(target=c, n_samples=K, filter=TopBottomFilter(0.1), allow_unverified=True)),
-        ("pseudo-inverse, middle 10% (MLP)", mlp, lambda c: PseudoInverseInversion(mlp).attribute(target=c, n_samples=K, filter=MiddleFilter(0.1), allow_unverified=True)),
-        ("activation maximization", nets[2], lambda c: ActivationMaximization(nets[2]).attribute(target=c, n_samples=K, seed=seed + c, input_range=(0.0, 1.0), allow_unverified=True)),
+        ("dataset search (best)", nets[2], lambda t: DatasetSearch(nets[2], xtr).attribute(target=t, allow_unverified=True)),
+        ("dataset search (mean 25%)", nets[2], lambda t: DatasetSearch(nets[2], xtr).attribute(target=t, mode="mean", allow_unverified=True)),
+        ("pixel importance (MLP)", mlp, lambda t: PixelImportance(mlp).attribute(target=t, allow_unverified=True)),
+        ("pseudo-inverse (MLP)", mlp, lambda t: PseudoInverseInversion(mlp).attribute(target=t, allow_unverified=True)),
+        ("pseudo-inverse, top/bottom 10% (MLP)", mlp, lambda t: PseudoInverseInversion(mlp).attribute(target=t, filter=TopBottomFilter(0.1), allow_unverified=True)),
+        ("pseudo-inverse, middle 10% (MLP)", mlp, lambda t: PseudoInverseInversion(mlp).attribute(target=t, filter=MiddleFilter(0.1), allow_unverified=True)),
+        ("activation maximization", nets[2], lambda t: ActivationMaximization(nets[2]).attribute(target=t, seed=seed, input_range=box, allow_unverified=True)),
+        ("activation maximization + DataPrior", nets[2], lambda t: ActivationMaximization(nets[2]).attribute(target=t, seed=seed, input_range=box, prior=prior, allow_unverified=True)),
     ] + [
-        (f"backward pass, {d}-layer", nets[d], (lambda d: lambda c: BackwardPassInversion(nets[d]).attribute(target=c, n_samples=K, seed=seed + c, allow_unverified=True))(d))
+        (f"backward pass, {d}-layer", nets[d], (lambda d: lambda t: BackwardPassInversion(nets[d]).attribute(target=t, seed=seed, allow_unverified=True))(d))
         for d in (1, 2, 6)
     ] + [
-        ("forward pass, ViT", vit, lambda c: ForwardPassInversion(vit).attribute(target=c, n_samples=K, seed=seed + c, allow_unverified=True)),
+        ("forward pass, 6-layer", nets[6], lambda t: ForwardPassInversion(nets[6]).attribute(target=t, seed=seed, input_range=box, allow_unverified=True)),
+        ("forward pass + DataPrior, 6-layer", nets[6], lambda t: ForwardPassInversion(nets[6]).attribute(target=t, seed=seed, input_range=box, prior=prior, allow_unverified=True)),
+        ("forward pass, ViT", vit, lambda t: ForwardPassInversion(vit).attribute(target=t, seed=seed, allow_unverified=True)),
+        ("forward pass + DataPrior, ViT", vit, lambda t: ForwardPassInversion(vit).attribute(target=t, seed=seed, input_range=box, prior=prior, allow_unverified=True)),
+        ("generalized, ViT", vit, lambda t: GeneralizedInversion(vit).attribute(target=t, seed=seed, input_range=box, allow_unverified=True)),
+        ("generalized + DataPrior, ViT", vit, lambda t: GeneralizedInversion(vit).attribute(target=t, seed=seed, input_range=box, prior=prior, allow_unverified=True)),
     ]
     examples = torch.stack([xtr[(ytr == c).nonzero()[0, 0]] for c in range(C)])
     rows = [("training\nexample", examples, target_probability(nets[2], examples, torch.arange(C)))]
     table = []
+    labels = torch.arange(C).repeat_interleave(K)
     for name, model, fn in tqdm(methods, desc="methods", disable=not progress, leave=False):
-        firsts, probs, pt, near, div, t = [], [], [], [], [], 0.0
-        for c in range(C):
-            t0 = time.perf_counter()
-            try:
-                x = fn(c)
-            except InversionError as e:  # allow_unverified is set; kept for safety
-                x = e.result
-            t += time.perf_counter() - t0
-            p = target_probability(model, x, c)
-            pt.append(p)
-            near.append(nearest_distance(x, xtr))
-            div.append(mean_pairwise_distance(x))
-            firsts.append(x[0])
-            probs.append(float(p[0]))
-        rows.append((name.replace(", ", ",\n"), torch.stack(firsts), torch.tensor(probs)))
-        allp = torch.cat(pt)
-        table.append({"method": name, "verified %": 100.0 * float((allp >= 0.9).double().mean()),
-                      "mean target prob": float(allp.mean()),
-                      "dist to nearest train": float(torch.cat(near).mean()),
-                      "mean pairwise dist": sum(div) / len(div), "s / sample": t / (C * K)})
+        t0 = time.perf_counter()
+        try:
+            x = fn(labels.tolist())  # every class in one call
+        except InversionError as e:  # allow_unverified is set; kept for safety
+            x = e.result
+        t = time.perf_counter() - t0
+        x = x.detach().float()
+        p = target_probability(model, x, labels)
+        rows.append((name.replace(", ", ",\n"), x[::K], p[::K]))
+        rep = prototype_report(x, labels, judge, xtr, ytr, NO_DIGIT)
+        table.append({"method": name, "verified %": 100.0 * float((p >= 0.9).double().mean()),
+                      "mean target prob": float(p.mean()),
+                      "dist to nearest train": float(nearest_distance(x, xtr).mean()),
+                      "mean pairwise dist": rep["diversity"], "judge read": rep["read"],
+                      "judge forced": rep["forced"], "judge rejected": rep["rejected"],
+                      "class NN dist": rep["nn_dist"], "Frechet (judge)": rep["frechet"],
+                      "s / sample": t / (C * K)})
     fig = plot_inversion_grid(rows, [str(i) for i in range(C)],
                               title=f"Inversion methods on {dataset} (p: the model's probability of the class)")
     fig.savefig(out / "methods.png", dpi=100)
     res = {"dataset": dataset, "samples_per_class": K, "methods": table}
     (out / "methods.json").write_text(json.dumps(res, indent=2))
-    cols = ["method", "verified %", "mean target prob", "dist to nearest train", "mean pairwise dist", "s / sample"]
+    cols = ["method", "verified %", "mean target prob", "dist to nearest train", "mean pairwise dist",
+            "judge read", "judge forced", "judge rejected", "class NN dist", "Frechet (judge)", "s / sample"]
     (out / "methods.md").write_text(f"# Inversion methods side by side ({dataset})\n\n" + _markdown_table(table, cols))
     return res
 

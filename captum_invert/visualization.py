@@ -9,14 +9,15 @@ from torch import Tensor, nn
 __all__ = ["plot_inversion_grid", "plot_singular_spectra"]
 
 
-def _as_image(x: Tensor):
+def _as_image(x: Tensor, value_range=None):
     x = x.detach().cpu().double()
     if x.dim() == 1:
         side = int(round(x.numel() ** 0.5))
         x = x.reshape(side, side) if side * side == x.numel() else x[None]
     if x.dim() == 3:
         x = x[0] if x.shape[0] == 1 else x.permute(1, 2, 0)
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = (float(x.min()), float(x.max())) if value_range is None else value_range
+    x = x.clamp(lo, hi)
     return ((x - lo) / (hi - lo if hi > lo else 1.0)).numpy()
 
 
@@ -25,11 +26,12 @@ def plot_inversion_grid(
     class_names: Optional[Sequence[str]] = None,
     title: Optional[str] = None,
     cell: float = 1.0,
+    value_range: Optional[Tuple[float, float]] = None,
 ):
     """A grid like the seed paper's Fig. 3: one row per method or model, one column per class.
 
-    Each image is min-max scaled for display (inversions are often far outside the pixel range)
-    and captioned with its target probability when given.
+    Each image is min-max scaled for display (inversions are often far outside the pixel range),
+    or shown on a fixed ``value_range``, and captioned with its target probability when given.
 
     Args:
         rows (sequence): ``(row_label, images, probs)`` with ``images`` of shape ``(C, ...)``
@@ -37,6 +39,8 @@ def plot_inversion_grid(
         class_names (sequence of str, optional): column titles; default ``0..C-1``.
         title (str, optional): figure title.
         cell (float): inches per image.
+        value_range (tuple, optional): ``(lo, hi)`` shown as black and white (e.g. the pixel
+            box); default: each image min-max scaled.
 
     Returns:
         matplotlib.figure.Figure
@@ -54,7 +58,7 @@ def plot_inversion_grid(
             raise ValueError(f"row {label!r} has {len(imgs)} images, expected {ncol}")
         for c in range(ncol):
             ax = axes[r][c]
-            ax.imshow(_as_image(imgs[c]), cmap="gray", interpolation="nearest")
+            ax.imshow(_as_image(imgs[c], value_range), cmap="gray", interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if probs is not None:

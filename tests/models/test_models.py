@@ -46,3 +46,18 @@ def test_training_learns_and_the_cache_returns_the_same_weights(tmp_path, monkey
     assert not torch.equal(a[1].weight, c[1].weight)
     assert len(list(tmp_path.glob("weights-*.pt"))) == 2
     assert not a.training
+
+
+def test_cnn_models_and_no_digit_images():
+    from captum_invert.models import NO_DIGIT, bn_cnn, judge_cnn, no_digit_images
+
+    x = no_digit_images(21, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (21, 1, 28, 28) and x.min() >= 0 and x.max() <= 1
+    assert torch.equal(x, no_digit_images(21, generator=torch.Generator().manual_seed(0)))
+    # the seven kinds differ: noise is rough, blobs and flat images are smooth
+    rough = (x[..., 1:] - x[..., :-1]).abs().mean((1, 2, 3))
+    assert rough[0] > 5 * rough[6] and rough[3] < rough[0]
+    assert bn_cnn()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert judge_cnn()(torch.zeros(2, 1, 28, 28)).shape == (2, NO_DIGIT + 1)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in bn_cnn().modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in judge_cnn().modules())
