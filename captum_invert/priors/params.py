@@ -204,9 +204,11 @@ class LatentNorm(Penalty):
 
 
 def DataPrior(reference: Tensor, var_ratio: float = 0.9, weight: float = 1.0,
-              max_components: Optional[int] = None, transforms: bool = True) -> Prior:
+              max_components: Optional[int] = None, transforms: bool = True,
+              diversity: float = 1.0) -> Prior:
     """A data prior from reference images the user passes: the :class:`PCAParam` subspace of the
-    references with their Gaussian (:class:`LatentNorm` on the whitened coordinates) and, for
+    references with their Gaussian (:class:`LatentNorm` on the whitened coordinates), a
+    :class:`~captum_invert.priors.Diversity` term between the samples of one target and, for
     image inputs, the transforms of :func:`~captum_invert.priors.robust_transforms`.
 
     Args:
@@ -215,13 +217,17 @@ def DataPrior(reference: Tensor, var_ratio: float = 0.9, weight: float = 1.0,
         weight (float): weight of :class:`LatentNorm`.
         max_components (int, optional): cap on the subspace's dimension.
         transforms (bool): add the robust transforms (image inputs only).
+        diversity (float): weight of the diversity term (0: none).
 
     Returns:
         Prior
     """
+    from .penalties import Diversity
     from .transforms import robust_transforms
 
     prior = Prior(PCAParam(reference, var_ratio, max_components), (), [LatentNorm(weight)])
+    if diversity:
+        prior = prior + Diversity(diversity)
     if transforms:
         prior = prior + robust_transforms(tuple(reference.shape[1:]))
     return prior

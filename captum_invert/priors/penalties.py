@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .base import Penalty
 
-__all__ = ["TV", "L2", "BNStats", "bn_statistics_gap"]
+__all__ = ["TV", "L2", "BNStats", "Diversity", "bn_statistics_gap"]
 
 
 class TV(Penalty):
@@ -41,6 +41,35 @@ class L2(Penalty):
 
     def __repr__(self) -> str:
         return f"L2({self.weight})"
+
+
+class Diversity(Penalty):
+    r"""Pushes the samples of one call apart (Lucid's diversity objective, on the images): per
+    sample, ``weight *`` its mean cosine similarity to the other samples of the same target,
+    the images centred on the batch mean. Samples of different targets do not interact."""
+
+    def __init__(self, weight: float = 1.0) -> None:
+        self.weight = weight
+        self.groups: Optional[Tensor] = None  # set by the shaping loop: (n,) target ids
+
+    def __call__(self, x, z):
+        n = len(x)
+        if n < 2:
+            return torch.zeros(n, dtype=x.dtype, device=x.device)
+        f = x.reshape(n, -1)
+        f = f - f.mean(0, keepdim=True)
+        f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        sim = f @ f.T
+        same = torch.ones(n, n, dtype=torch.bool, device=x.device)
+        if self.groups is not None:
+            g = self.groups.to(x.device)
+            same = g[:, None] == g[None, :]
+        same.fill_diagonal_(False)
+        cnt = same.sum(1).clamp_min(1)
+        return self.weight * (sim * same).sum(1) / cnt
+
+    def __repr__(self) -> str:
+        return f"Diversity({self.weight})"
 
 
 def _bn_gap(inp: Tensor, bn: nn.modules.batchnorm._BatchNorm) -> Tensor:

@@ -108,6 +108,10 @@ def shape_inputs(model: Callable[[Tensor], Tensor], log_probs: Callable[[Tensor]
     lab = labels.to(device)[:, None] if labels is not None else None
     P = dist.to(device=device, dtype=dtype) if dist is not None else None
     done_steps = 0
+    groups = labels if labels is not None else torch.unique(dist, dim=0, return_inverse=True)[1]
+    for p in prior.penalties:
+        if hasattr(p, "groups"):  # penalties that compare the samples of one target
+            p.groups = groups
     with prior.hooks(model):
         for step in range(steps):
             x = param.image(z)

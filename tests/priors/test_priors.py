@@ -177,3 +177,18 @@ def test_data_prior_makes_inversions_readable_to_an_independent_judge(digit_cnn,
     r0 = judge_accuracy(digit_judge, base, labels, NO_DIGIT)
     r1 = judge_accuracy(digit_judge, shaped, labels, NO_DIGIT)
     assert r0["read"] <= 0.2 and r1["read"] >= r0["read"] + 0.5
+
+
+def test_diversity_penalty_spreads_the_samples_of_a_target(digit_cnn, digits):
+    from captum_invert.metrics import class_diversity
+    from captum_invert.priors import Diversity
+
+    ref = digits[0].tensors[0]
+    labels = [3] * 6 + [7] * 6
+    x0 = _shape(digit_cnn, DataPrior(ref, diversity=0.0), labels, steps=80)
+    x1 = _shape(digit_cnn, DataPrior(ref, diversity=3.0), labels, steps=80)
+    assert class_diversity(x1, labels) > 1.1 * class_diversity(x0, labels)
+    # samples of different targets do not interact: one sample per target gives no penalty
+    d = Diversity(1.0)
+    d.groups = torch.tensor([0, 1, 2])
+    assert torch.equal(d(torch.rand(3, *SHAPE), None), torch.zeros(3))
