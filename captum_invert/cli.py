@@ -374,6 +374,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     c = command("compare", "every inversion method side by side (figure + table)", "compare_out", 20)
     c.add_argument("--samples-per-class", type=int, default=4)
     c.add_argument("--vit-epochs", type=int, default=20)
+    c.add_argument("--judge-epochs", type=int, default=12, help="epochs of the independent judge")
+    c.add_argument("--prior-steps", type=int, default=None, help="shaping steps of the DataPrior rows")
     r = command("reconstruct", "learned inversion of features by layer (seed 003)", "reconstruct_out", 5)
     r.add_argument("--model", choices=["fcnn6", "vit"], default="fcnn6")
     r.add_argument("--n-test", type=int, default=500)
@@ -394,10 +396,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             n_latency=args.n_latency)
         stem, figure = "reconstruct", "reconstruct.png"
     elif args.command == "compare":
-        if args.samples_per_class < 1 or args.epochs < 1 or args.vit_epochs < 1:
-            parser.error("--samples-per-class, --epochs and --vit-epochs must be >= 1")
+        if min(args.samples_per_class, args.epochs, args.vit_epochs, args.judge_epochs,
+               args.prior_steps or 1) < 1:
+            parser.error("--samples-per-class, --epochs, --vit-epochs, --judge-epochs and --prior-steps must be >= 1")
         job = lambda: run_compare(args.dataset, args.data_root, args.out, args.samples_per_class,  # noqa: E731
-                                  args.epochs, args.vit_epochs, args.seed, not args.no_progress)
+                                  args.epochs, args.vit_epochs, args.seed, not args.no_progress,
+                                  args.judge_epochs, args.prior_steps)
         stem, figure = "methods", "methods.png"
     else:
         if args.samples_per_class < 1 or args.epochs < 1:

@@ -26,6 +26,11 @@ def _uniform(n, lo, hi, gen) -> Tensor:
     return torch.rand(n, generator=gen, dtype=torch.float64) * (hi - lo) + lo
 
 
+def _theta(a, b, c, d, tx, ty) -> Tensor:
+    """``(n, 2, 3)`` affine maps ``[[a, b, tx], [c, d, ty]]`` from ``(n,)`` entries."""
+    return torch.stack([torch.stack([a, b, tx], -1), torch.stack([c, d, ty], -1)], -2)
+
+
 def _check_image(x: Tensor, what: str) -> None:
     if x.dim() != 4:
         raise ValueError(f"{what} needs image inputs (N, C, H, W), got shape {tuple(x.shape)}")
@@ -42,11 +47,9 @@ class Jitter(Transform):
     def __call__(self, x, gen):
         _check_image(x, "Jitter")
         n, _, h, w = x.shape
-        theta = torch.zeros(n, 2, 3, dtype=torch.float64)
-        theta[:, 0, 0] = theta[:, 1, 1] = 1
-        theta[:, 0, 2] = _uniform(n, -1, 1, gen) * 2 * self.pixels / w
-        theta[:, 1, 2] = _uniform(n, -1, 1, gen) * 2 * self.pixels / h
-        return affine(x, theta)
+        one, zero = torch.ones(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+        return affine(x, _theta(one, zero, zero, one, _uniform(n, -1, 1, gen) * 2 * self.pixels / w,
+                                _uniform(n, -1, 1, gen) * 2 * self.pixels / h))
 
     def __repr__(self) -> str:
         return f"Jitter({self.pixels})"
@@ -63,11 +66,8 @@ class RandomScale(Transform):
 
     def __call__(self, x, gen):
         _check_image(x, "RandomScale")
-        n = len(x)
-        s = 1.0 / _uniform(n, *self.scales, gen)
-        theta = torch.zeros(n, 2, 3, dtype=torch.float64)
-        theta[:, 0, 0] = theta[:, 1, 1] = s
-        return affine(x, theta)
+        s = 1.0 / _uniform(len(x), *self.scales, gen)
+        return affine(x, _theta(s, 0.0 * s, 0.0 * s, s, 0.0 * s, 0.0 * s))
 
     def __repr__(self) -> str:
         return f"RandomScale({self.scales})"
@@ -83,12 +83,8 @@ class RandomRotate(Transform):
 
     def __call__(self, x, gen):
         _check_image(x, "RandomRotate")
-        n = len(x)
-        a = _uniform(n, -1, 1, gen) * math.radians(self.degrees)
-        theta = torch.zeros(n, 2, 3, dtype=torch.float64)
-        theta[:, 0, 0], theta[:, 0, 1] = a.cos(), -a.sin()
-        theta[:, 1, 0], theta[:, 1, 1] = a.sin(), a.cos()
-        return affine(x, theta)
+        a = _uniform(len(x), -1, 1, gen) * math.radians(self.degrees)
+        return affine(x, _theta(a.cos(), -a.sin(), a.sin(), a.cos(), 0.0 * a, 0.0 * a))
 
     def __repr__(self) -> str:
         return f"RandomRotate({self.degrees})"

@@ -153,8 +153,15 @@ def test_compare_cli_writes_figure_and_table(tmp_path):
 
     out = tmp_path / "c"
     assert main(["compare", "--out", str(out), "--samples-per-class", "2", "--epochs", "2",
-                 "--vit-epochs", "1", "--no-progress"]) == 0
+                 "--vit-epochs", "1", "--judge-epochs", "2", "--prior-steps", "20", "--no-progress"]) == 0
     rows = json.loads((out / "methods.json").read_text())["methods"]
     names = [r["method"] for r in rows]
-    assert "pseudo-inverse (MLP)" in names and "forward pass, ViT" in names and len(names) == 11
+    assert "pseudo-inverse (MLP)" in names and "forward pass, ViT" in names and len(names) == 17
+    # every method that takes a prior has a DataPrior row, and every row the judge's columns
+    assert {"activation maximization + DataPrior", "forward pass + DataPrior, ViT",
+            "generalized + DataPrior, ViT"} <= set(names)
+    # a digit the judge reads is also its pick among the digits alone; read and rejected exclude
+    assert all(0 <= r["judge read"] <= r["judge forced"] <= 1 and r["judge read"] + r["judge rejected"] <= 1 + 1e-9
+               for r in rows)
+    assert all(r["Frechet (judge)"] >= 0 and r["class NN dist"] > 0 for r in rows)
     assert (out / "methods.png").stat().st_size > 20_000
