@@ -4,23 +4,39 @@ Captum-style inversion methods (subclasses of ``captum.attr.Attribution``)::
 
     from captum_invert import BackwardPassInversion
     x = BackwardPassInversion(model).attribute(target=3, n_samples=64, seed=0)
+
+The names below are imported on first use (PEP 562), so that ``import captum_invert`` and the
+command line's ``--help`` / ``--version`` do not load torch.
 """
-from ._core import (
-    BackwardPassInversion, ForwardPassInversion, GeneralizedInversion, InversionError, LayerInversion,
-    LearnedInversion,
-    InversionMethod,
-)
-from ._core.baselines import (
-    ActivationMaximization, DatasetSearch, ExactInversion, MiddleFilter, PixelImportance,
-    PseudoInverseInversion, TopBottomFilter, stability_report,
-)
-from .blocks.plan import InversionPlan
-from .blocks import register_activation
-from . import priors
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["ActivationMaximization", "DatasetSearch", "ExactInversion", "MiddleFilter",
-           "PixelImportance", "PseudoInverseInversion", "TopBottomFilter", "stability_report",
-           "BackwardPassInversion", "ForwardPassInversion", "GeneralizedInversion", "InversionPlan", "LayerInversion", "LearnedInversion", "InversionError", "InversionMethod", "register_activation",
-           "priors", "__version__"]
+_WHERE = {
+    "BackwardPassInversion": "._core", "ForwardPassInversion": "._core", "GeneralizedInversion": "._core",
+    "InversionError": "._core", "LayerInversion": "._core", "LearnedInversion": "._core",
+    "InversionMethod": "._core",
+    "ActivationMaximization": "._core.baselines", "DatasetSearch": "._core.baselines",
+    "ExactInversion": "._core.baselines", "MiddleFilter": "._core.baselines",
+    "PixelImportance": "._core.baselines", "PseudoInverseInversion": "._core.baselines",
+    "TopBottomFilter": "._core.baselines", "stability_report": "._core.baselines",
+    "InversionPlan": ".blocks.plan", "register_activation": ".blocks",
+}
+_MODULES = ("priors", "metrics", "visualization", "datasets", "models", "blocks", "solvers", "features")
+
+__all__ = sorted(_WHERE) + ["priors", "__version__"]
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE) | set(_MODULES))

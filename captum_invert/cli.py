@@ -355,7 +355,10 @@ def run_reconstruct(dataset: str = "digits", data_root=None, model_name: str = "
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="captum-invert", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"captum-invert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     def command(name, help, out, epochs):
         p = sub.add_parser(name, help=help)

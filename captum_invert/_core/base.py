@@ -158,25 +158,33 @@ class InversionMethod(Attribution):
         if not callable(forward_func):
             raise ValueError(f"`forward_func` must be a callable model, got {type(forward_func).__name__}")
         super().__init__(forward_func)
-        self.input_shape = self._infer_input_shape(forward_func, input_shape)
+        self.input_shape, self._inferred_shape = self._infer_input_shape(forward_func, input_shape)
         self.last_stats: Dict[str, Any] = {}
 
     # --- configuration --------------------------------------------------------------------
     @staticmethod
-    def _infer_input_shape(model, input_shape) -> Tuple[int, ...]:
+    def _infer_input_shape(model, input_shape) -> Tuple[Tuple[int, ...], str]:
+        """``(shape, how)``: ``how`` is ``''`` when the caller gave the shape, else where it came
+        from (an ``input_shape`` attribute, timm's ``pretrained_cfg['input_size']``, or a guess
+        from the first ``nn.Linear``)."""
         if input_shape is not None:
             shape = tuple(input_shape) if not isinstance(input_shape, int) else (input_shape,)
             if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
                 raise ValueError(f"`input_shape` must be a tuple of positive ints, got {input_shape!r}")
-            return shape
+            return shape, ""
         shape = getattr(model, "input_shape", None)
         if shape is not None:
-            return tuple(shape)
+            return tuple(shape), "the model's `input_shape` attribute"
+        for attr in ("pretrained_cfg", "default_cfg"):  # timm models declare their input size
+            cfg = getattr(model, attr, None)
+            if isinstance(cfg, dict) and cfg.get("input_size"):
+                return tuple(int(v) for v in cfg["input_size"]), f"the model's {attr}['input_size']"
         if isinstance(model, nn.Module):
             for m in model.modules():
                 if isinstance(m, nn.Linear):
-                    return (m.in_features,)
-        raise ValueError("`input_shape` is required: it cannot be inferred from this model")
+                    return (m.in_features,), "the in_features of the first nn.Linear"
+        raise ValueError("`input_shape` is required: it cannot be inferred from this model; pass the shape "
+                         "of one input without the batch dimension, e.g. input_shape=(3, 224, 224)")
 
     def has_convergence_delta(self) -> bool:
         return True
@@ -189,6 +197,11 @@ class InversionMethod(Attribution):
         m = self.forward_func
         if isinstance(m, nn.Module):
             for p in m.parameters():
+                if p.device.type == "meta":
+                    raise ValueError(
+                        "the model's parameters are on the meta device (shapes without values), so it "
+                        "cannot be evaluated: materialize and load its weights first, e.g. "
+                        "`model.to_empty(device='cpu'); model.load_state_dict(state_dict)`")
                 return p.dtype, p.device
         return torch.get_default_dtype(), torch.device("cpu")
 
@@ -206,10 +219,19 @@ class InversionMethod(Attribution):
                     with torch.no_grad():
                         out = self.forward_func(x)
         except Exception as e:  # noqa: BLE001
-            raise ValueError(
-                f"the model does not accept inputs of shape (N, {', '.join(map(str, self.input_shape))}) "
-                f"(`input_shape`={self.input_shape}): {type(e).__name__}: {e}"
-            ) from e
+            msg = (f"the model does not accept inputs of shape (N, {', '.join(map(str, self.input_shape))}) "
+                   f"(`input_shape`={self.input_shape}): {type(e).__name__}: {e}")
+            emb = [n for n, m in self.forward_func.named_modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+                   ] if isinstance(self.forward_func, nn.Module) else []
+            if emb:
+                msg += (f". The model has an embedding layer ({emb[0]}): its inputs are integer token ids, "
+                        "which no gradient method can invert. Invert the embedding's output instead, "
+                        f"e.g. LayerInversion(model, layer=model.{emb[0]}), or wrap the model so that it "
+                        "takes the embeddings as its input")
+            elif getattr(self, "_inferred_shape", ""):
+                msg += (f". `input_shape` was guessed as {self.input_shape} ({self._inferred_shape}); pass the "
+                        f"shape of one input, e.g. {type(self).__name__}(model, input_shape=(1, 28, 28))")
+            raise ValueError(msg) from e
         if not isinstance(out, Tensor) or out.dim() != 2:
             raise ValueError(
                 "the model must return a tensor of shape (N, n_classes), got "
@@ -294,7 +316,7 @@ class InversionMethod(Attribution):
 
     @staticmethod
     def _check_solver_args(max_iter, max_retries, init_std) -> None:
-        _check_pos("max_iter", max_iter, allow_zero=True, integer=True)
+        _check_pos("max_iter", max_iter, integer=True)
         _check_pos("max_retries", max_retries, allow_zero=True, integer=True)
         _check_pos("init_std", init_std)
 

@@ -123,6 +123,7 @@ class ForwardPassInversion(InversionMethod):
             delta = torch.ones(N, dtype=torch.float64)
             iters = torch.zeros(N, dtype=torch.long)
             nonfinite = torch.zeros(N, dtype=torch.bool)
+            zero = torch.zeros(N, dtype=torch.bool)
             stats = self.last_stats
             stats.update(restarts=0, converged_first_start=0)
             for attempt in range(max_retries + 1):
@@ -145,6 +146,9 @@ class ForwardPassInversion(InversionMethod):
                 delta[todo], ok[todo] = d_t, ok_t
                 iters[todo] += sol.n_iter.cpu()
                 nonfinite[todo] = ~sol.finite.cpu()
+                zero[todo] = sol.zero_grad.cpu() & ~ok_t
+                if attempt == 0 and bool(zero[todo].all()):
+                    break  # no start moves: new random starts would not either
                 if attempt == 0:
                     stats["converged_first_start"] = int(ok_t.sum())
             stats["mean_iterations"] = float(iters.double().mean())
@@ -153,6 +157,10 @@ class ForwardPassInversion(InversionMethod):
                       + (f" inside input_range {input_range}" if input_range else ""))
             bad = ("the model's Jacobian (or its residual) became NaN or infinite at the iterate of the "
                    "last start; check the model for non-finite outputs or gradients")
-            return self._finish(x, ok, delta, count_reasons(["" if o else bad if nf else reason
-                                                             for o, nf in zip(ok.tolist(), nonfinite.tolist())]),
+            flat = ("the model's output has exactly zero gradient with respect to its input at the start "
+                    "(a non-differentiable step such as torch.round, argmax or a threshold, or a region "
+                    "where every unit is saturated or dead), so no solver step can move it")
+            return self._finish(x, ok, delta, count_reasons(["" if o else bad if nf else flat if z else reason
+                                                             for o, nf, z in zip(ok.tolist(), nonfinite.tolist(),
+                                                                                 zero.tolist())]),
                                 allow_unverified, return_convergence_delta, "ForwardPassInversion")

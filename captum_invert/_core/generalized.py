@@ -141,7 +141,7 @@ class GeneralizedInversion(InversionMethod):
             tgt = goal.labels.tolist() if goal.labels is not None else goal.dist
             if prior is not None and len(blocks) == 1 and blocks[0].kind == "analytic":
                 inv = ForwardPassInversion(self.forward_func, self.input_shape)
-                out = inv.attribute(inputs, tgt, None, max(max_iter, 1), input_range, min_prob, atol, gen,
+                out = inv.attribute(inputs, tgt, None, max_iter, input_range, min_prob, atol, gen,
                                     init_std, max_retries, prior=prior,
                                     return_convergence_delta=return_convergence_delta,
                                     allow_unverified=allow_unverified)
@@ -150,7 +150,7 @@ class GeneralizedInversion(InversionMethod):
             if len(blocks) == 1 and blocks[0].kind == "analytic":
                 inv = BackwardPassInversion(self.forward_func, self.input_shape)
                 out = inv.attribute(inputs, tgt, None, std, cond_num, gen, input_range, min_prob, atol, margin,
-                                    max(max_iter, 1), max_retries, init_std,
+                                    max_iter, max_retries, init_std,
                                     return_convergence_delta, allow_unverified)
                 self.last_stats = {"route": "backward_pass", **inv.last_stats}
                 return out

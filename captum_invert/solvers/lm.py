@@ -32,6 +32,8 @@ class LMResult:
         residual_norm (Tensor): ``(B,)`` final ``||r||``.
         finite (Tensor): ``(B,)`` bool, False where the residual or its Jacobian became NaN or
             infinite; such a sample stops (no step can be trusted).
+        zero_grad (Tensor): ``(B,)`` bool, True where the Jacobian at the start is exactly zero
+            while the residual is not (no step can move the sample); such a sample stops.
     """
 
     x: Tensor
@@ -39,6 +41,7 @@ class LMResult:
     n_iter: Tensor
     residual_norm: Tensor
     finite: Optional[Tensor] = None
+    zero_grad: Optional[Tensor] = None
 
 
 def batched_jacobian(f: Callable[[Tensor], Tensor], x: Tensor, mode: str = "auto",
@@ -158,13 +161,14 @@ def levenberg_marquardt(
         done = done_fn(x.view(B, *shape), r, all_idx, aux).to(dev)
     rnorm = r.norm(dim=1)
     finite = torch.isfinite(r).all(1) & torch.isfinite(J).flatten(1).all(1)
+    zero_grad = ~done & (J.flatten(1) == 0).all(1) & (r != 0).any(1)
     n_iter = torch.zeros(B, dtype=torch.long, device=dev)
     mu = torch.full((B,), float(damping), dtype=x.dtype, device=dev)
     nu = torch.full((B,), 2.0, dtype=x.dtype, device=dev)
     m = r.shape[1]
     eye = torch.eye(m, dtype=x.dtype, device=dev)
     for _ in range(max_iter):
-        act = (~done & finite).nonzero().squeeze(1)
+        act = (~done & finite & ~zero_grad).nonzero().squeeze(1)
         if act.numel() == 0:
             break
         full = act.numel() == B  # every sample active: work on the tensors, no gathers
@@ -201,7 +205,7 @@ def levenberg_marquardt(
                 done[acc] = done_fn(xt[good].view(len(acc), *shape), rt[good], acc,
                                     None if auxt is None else auxt[good]).to(dev)
             finite[acc] = torch.isfinite(Jt[good]).flatten(1).all(1)
-    return LMResult(x.view(B, *shape), done, n_iter, rnorm, finite)
+    return LMResult(x.view(B, *shape), done, n_iter, rnorm, finite, zero_grad)
 
 
 def _math_attention():

@@ -1,0 +1,69 @@
+"""Models this library cannot serve get a clear error before any work (issue: bring your own model)."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from captum_invert import (ActivationMaximization, BackwardPassInversion, ForwardPassInversion,
+                           GeneralizedInversion, InversionError)
+
+
+class _Round(nn.Module):
+    def forward(self, x):
+        return torch.round(x)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.SELU(), nn.Linear(8, 3))
+    m.input_shape = (1, 4, 4)
+    return m
+
+
+@pytest.mark.parametrize("cls", [ForwardPassInversion, BackwardPassInversion, GeneralizedInversion,
+                                 ActivationMaximization])
+def test_max_iter_below_one_is_a_value_error(cls):
+    with pytest.raises(ValueError, match="`max_iter` must be an int > 0"):
+        cls(_mlp()).attribute(target=1, max_iter=0)
+
+
+def test_meta_device_model_is_refused_before_work():
+    with torch.device("meta"):
+        m = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with pytest.raises(ValueError, match="meta device"):
+        ForwardPassInversion(m, input_shape=(16,)).attribute(target=1)
+
+
+def test_embedding_model_points_to_layer_inversion():
+    m = nn.Sequential(nn.Embedding(50, 8), nn.Flatten(), nn.Linear(40, 3))
+    with pytest.raises(ValueError, match="LayerInversion"):
+        ForwardPassInversion(m, input_shape=(5,)).attribute(target=1)
+
+
+def test_guessed_input_shape_says_to_pass_input_shape():
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 28 * 28, 10))
+    with pytest.raises(ValueError, match=r"pass the shape of one input, e\.g\. .*input_shape=\(1, 28, 28\)"):
+        ForwardPassInversion(conv).attribute(target=1)
+    conv.pretrained_cfg = {"input_size": (1, 28, 28)}  # as timm models declare it
+    assert ForwardPassInversion(conv).input_shape == (1, 28, 28)
+
+
+def test_zero_input_gradient_is_named_without_retries():
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 3), _Round())
+    inv = ForwardPassInversion(m, input_shape=(16,))
+    with pytest.raises(InversionError, match="zero gradient") as e:
+        inv.attribute(target=[0, 1, 2, 0], seed=0)
+    assert inv.last_stats["restarts"] == 0  # named at the first start, not after every retry
+    assert e.value.n_verified < 4
+
+
+def test_version_and_help_do_not_import_torch():
+    code = ("import sys\nfrom captum_invert.cli import main\n"
+            "for a in (['--version'], ['--help']):\n"
+            "    try:\n        main(a)\n    except SystemExit as e:\n        assert e.code == 0\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "captum-invert 0." in out.stdout and "usage: captum-invert" in out.stdout
