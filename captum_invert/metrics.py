@@ -17,7 +17,8 @@ __all__ = ["class_probabilities", "target_probability", "mean_pairwise_distance"
 
 def class_probabilities(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
     """Softmax of ``model(x)`` (or its output as is when the model ends in ``nn.Softmax``), in
-    eval mode (restored afterwards), shape ``(N, C)``."""
+    eval mode (restored afterwards), shape ``(N, C)``. A single output is a binary classifier:
+    ``[1 - p, p]`` with ``p`` its sigmoid (or the output itself after an ``nn.Sigmoid``)."""
     from ._core.base import InversionMethod
 
     out = []
@@ -26,7 +27,11 @@ def class_probabilities(model: nn.Module, x: Tensor, batch_size: int = 1024) -> 
         kind = "probs" if last and isinstance(last[-1], nn.Softmax) else (
             "log_probs" if last and isinstance(last[-1], nn.LogSoftmax) else "logits")
         for i in range(0, len(x), batch_size):
-            out.append(InversionMethod.log_probs_from(model(x[i:i + batch_size]), kind).exp())
+            o = model(x[i:i + batch_size])
+            k = kind
+            if o.dim() == 2 and o.shape[1] == 1:  # a binary classifier, as the methods read it
+                k = "binary_probs" if last and isinstance(last[-1], nn.Sigmoid) else "binary_logits"
+            out.append(InversionMethod.log_probs_from(o, k).exp())
     return torch.cat(out) if out else torch.zeros(0)
 
 

@@ -401,6 +401,7 @@ class BackwardPassInversion(InversionMethod):
         gen = make_generator(seed)
         with model_mode_guard(self.forward_func):
             kind, n_classes, trace = self._probe()
+            self._need_softmax(kind, "BackwardPassInversion")
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
             tail = self._output_tail(trace)
             self._check_reachable(goal, tail, "BackwardPassInversion", allow_unverified)

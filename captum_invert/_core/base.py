@@ -233,21 +233,45 @@ class InversionMethod(Attribution):
                         f"shape of one input, e.g. {type(self).__name__}(model, input_shape=(1, 28, 28))")
             raise ValueError(msg) from e
         if not isinstance(out, Tensor) or out.dim() != 2:
+            got = f"{type(out).__name__}{tuple(out.shape) if isinstance(out, Tensor) else ''}"
+            if isinstance(out, dict):
+                got += f" with keys {sorted(out)}"
             raise ValueError(
-                "the model must return a tensor of shape (N, n_classes), got "
-                f"{type(out).__name__}{tuple(out.shape) if isinstance(out, Tensor) else ''}"
-            )
+                f"the model must return a tensor of shape (N, n_classes), got {got}. Wrap a model whose "
+                "output is a tuple, a dict or an object in a module that selects the logits, e.g. "
+                "`class Logits(nn.Module): def __init__(self, m): super().__init__(); self.m = m` with "
+                "`def forward(self, x): return self.m(x)['logits']` (or `[0]`, or `.logits`)")
+        last = trace.calls[-1].module if trace is not None and trace.calls else None
+        if out.shape[1] == 1:  # one output: a binary classifier (a sigmoid of it is p(class 1))
+            return ("binary_probs" if isinstance(last, nn.Sigmoid) else "binary_logits"), 2, None
         kind = "logits"
-        if trace is not None and trace.calls:
-            last = trace.calls[-1].module
-            if isinstance(last, nn.Softmax):
-                kind = "probs"
-            elif isinstance(last, nn.LogSoftmax):
-                kind = "log_probs"
+        if isinstance(last, nn.Softmax):
+            kind = "probs"
+        elif isinstance(last, nn.LogSoftmax):
+            kind = "log_probs"
         return kind, out.shape[1], trace
 
     @staticmethod
+    def _need_softmax(kind: str, what: str) -> None:
+        """ValueError for a single-output (binary sigmoid) model in a method that inverts a
+        softmax over several outputs."""
+        if kind.startswith("binary"):
+            raise ValueError(f"{what} inverts a softmax over several outputs, but this model has a single "
+                             "output (a binary sigmoid classifier): use ForwardPassInversion or "
+                             "GeneralizedInversion, with target 1 (sigmoid >= min_prob) or 0 (<= 1 - min_prob)")
+
+    @staticmethod
     def log_probs_from(out: Tensor, kind: str) -> Tensor:
+        """``(N, C)`` log-probabilities from the model's output of the given kind. A single
+        output is a binary classifier: ``binary_logits`` (a logit, sigmoid implied) or
+        ``binary_probs`` (the model ends in ``nn.Sigmoid``) give the two classes
+        ``[log(1 - p), log p]``: class 1 is the positive one."""
+        if kind == "binary_logits":
+            z = out[:, :1]
+            return torch.cat([torch.nn.functional.logsigmoid(-z), torch.nn.functional.logsigmoid(z)], 1)
+        if kind == "binary_probs":
+            p = out[:, :1].clamp(torch.finfo(out.dtype).tiny, 1.0)
+            return torch.cat([torch.log1p(-p.clamp(max=1 - torch.finfo(out.dtype).eps)), p.log()], 1)
         if kind == "probs":
             return out.clamp_min(torch.finfo(out.dtype).tiny).log()
         if kind == "log_probs":

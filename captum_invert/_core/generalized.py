@@ -139,7 +139,8 @@ class GeneralizedInversion(InversionMethod):
             self._check_reachable(goal, self._output_tail(trace), "GeneralizedInversion", allow_unverified)
             blocks = self.plan.blocks
             tgt = goal.labels.tolist() if goal.labels is not None else goal.dist
-            if prior is not None and len(blocks) == 1 and blocks[0].kind == "analytic":
+            binary = kind.startswith("binary")
+            if (prior is not None or binary) and len(blocks) == 1 and blocks[0].kind == "analytic":
                 inv = ForwardPassInversion(self.forward_func, self.input_shape)
                 out = inv.attribute(inputs, tgt, None, max_iter, input_range, min_prob, atol, gen,
                                     init_std, max_retries, prior=prior,
@@ -164,7 +165,9 @@ class GeneralizedInversion(InversionMethod):
         blocks = plan.blocks
         dtype, device = self._model_dtype_device()
         head = blocks[0] if blocks[0].kind == "analytic" and _has_linear(blocks[0]) else None
-        tail = blocks[-1] if blocks[-1].kind == "analytic" and _has_linear(blocks[-1]) else None
+        # a binary (single-output) head has no softmax to invert: no analytic tail there
+        tail = (blocks[-1] if blocks[-1].kind == "analytic" and _has_linear(blocks[-1])
+                and not kind.startswith("binary") else None)
         i_mid = head.stop if head is not None else 0
         N, shape = goal.n, self.input_shape
         head_chain = tail_chain = None

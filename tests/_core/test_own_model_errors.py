@@ -67,3 +67,36 @@ def test_version_and_help_do_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "captum-invert 0." in out.stdout and "usage: captum-invert" in out.stdout
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_single_output_is_a_binary_classifier(sigmoid):
+    torch.manual_seed(0)
+    layers = [nn.Flatten(), nn.Linear(784, 1)] + ([nn.Sigmoid()] if sigmoid else [])
+    m = nn.Sequential(*layers)
+    p1 = (lambda x: m(x)[:, 0]) if sigmoid else (lambda x: torch.sigmoid(m(x)[:, 0]))
+    for cls in (ForwardPassInversion, GeneralizedInversion):
+        inv = cls(m, input_shape=(1, 28, 28))
+        x1 = inv.attribute(target=1, n_samples=4, seed=0)
+        x0, d0 = inv.attribute(target=0, n_samples=4, seed=0, input_range=(0.0, 1.0),
+                               return_convergence_delta=True)
+        with torch.no_grad():
+            assert (p1(x1) >= 0.9).all() and (p1(x0) <= 0.1).all()
+            assert torch.allclose(d0, p1(x0).double(), atol=1e-5)  # delta = 1 - p(class 0)
+    with pytest.raises(ValueError, match="single output"):
+        BackwardPassInversion(m, input_shape=(1, 28, 28)).attribute(target=1)
+    with pytest.raises(ValueError, match="out of range"):
+        ForwardPassInversion(m, input_shape=(1, 28, 28)).attribute(target=2)
+
+
+def test_tuple_and_dict_outputs_say_how_to_wrap():
+    class Dict(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return {"logits": self.lin(x)}
+
+    with pytest.raises(ValueError, match=r"keys \['logits'\].*Wrap"):
+        ForwardPassInversion(Dict(), input_shape=(4,)).attribute(target=1)

@@ -57,6 +57,7 @@ class PixelImportance(InversionMethod):
         dtype, device = self._model_dtype_device()
         with model_mode_guard(self.forward_func):
             kind, n_classes, _ = self._probe()
+            self._need_softmax(kind, "PixelImportance")
             goal = self._parse_target(target, n_samples, n_classes, min_prob, 0.02)
             if goal.labels is None:
                 raise ValueError("`target` must be class indices for PixelImportance")

@@ -91,6 +91,7 @@ class PseudoInverseInversion(InversionMethod):
             raise ValueError("`filter` must be None, a TopBottomFilter, a MiddleFilter or a callable")
         with model_mode_guard(self.forward_func):
             kind, n_classes, trace = self._probe()
+            self._need_softmax(kind, "PseudoInverseInversion")
             goal = self._parse_target(target, n_samples, n_classes, min_prob, 0.02)
             if goal.labels is None:
                 raise ValueError("`target` must be class indices for PseudoInverseInversion")
