@@ -103,6 +103,13 @@ class Transform(PriorPart):
         raise NotImplementedError
 
 
+def check_weight(weight) -> float:
+    """A penalty weight: a finite number >= 0, else ValueError naming ``weight``."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (0 <= weight < float("inf")):
+        raise ValueError(f"`weight` must be a finite number >= 0, got {weight!r}")
+    return float(weight)
+
+
 class Penalty(PriorPart):
     """A term added to the loss while shaping: ``__call__(x, z) -> (n,)`` per-sample penalty of the
     images ``x`` (untransformed) and variables ``z``. :meth:`hooks` is a context in which the

@@ -8,7 +8,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from .base import Parameterization, Penalty, Prior
+from .base import Parameterization, Penalty, Prior, check_weight
 
 __all__ = ["FourierParam", "DataPrior", "PCAParam", "LatentNorm", "spectrum_scale"]
 
@@ -193,7 +193,7 @@ class LatentNorm(Penalty):
     allows any direction as likely as a typical reference sample."""
 
     def __init__(self, weight: float = 1.0) -> None:
-        self.weight = weight
+        self.weight = check_weight(weight)
 
     def __call__(self, x, z):
         zf = z.reshape(len(z), -1)

@@ -7,7 +7,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor, nn
 
-from .base import Penalty
+from .base import Penalty, check_weight
 
 __all__ = ["TV", "L2", "BNStats", "Diversity", "bn_statistics_gap"]
 
@@ -17,7 +17,7 @@ class TV(Penalty):
     variation, per sample); favours piecewise-smooth images (Mahendran & Vedaldi 2015)."""
 
     def __init__(self, weight: float = 1.0) -> None:
-        self.weight = weight
+        self.weight = check_weight(weight)
 
     def __call__(self, x, z):
         if x.dim() < 4:
@@ -34,7 +34,7 @@ class L2(Penalty):
     """``weight *`` the mean squared distance of the pixels to ``center`` (default 0)."""
 
     def __init__(self, weight: float = 1.0, center: float = 0.0) -> None:
-        self.weight, self.center = weight, center
+        self.weight, self.center = check_weight(weight), center
 
     def __call__(self, x, z):
         return self.weight * (x - self.center).flatten(1).pow(2).mean(1)
@@ -49,7 +49,7 @@ class Diversity(Penalty):
     the images centred on the batch mean. Samples of different targets do not interact."""
 
     def __init__(self, weight: float = 1.0) -> None:
-        self.weight = weight
+        self.weight = check_weight(weight)
         self.groups: Optional[Tensor] = None  # set by the shaping loop: (n,) target ids
 
     def __call__(self, x, z):
@@ -92,7 +92,7 @@ class BNStats(Penalty):
     """
 
     def __init__(self, weight: float = 1.0) -> None:
-        self.weight = weight
+        self.weight = check_weight(weight)
         self._terms: List[Tensor] = []
 
     @contextlib.contextmanager

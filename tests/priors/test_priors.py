@@ -113,6 +113,13 @@ def test_composition_and_bad_priors(digit_nets, digit_cnn):
     assert isinstance(p, Prior) and len(p.transforms) == 1 and len(p.penalties) == 1
     with pytest.raises(ValueError, match="one parameterization"):
         FourierParam() + PixelParam()
+    for bad in (lambda: TV(-1.0), lambda: BNStats(float("nan")), lambda: L2("1")):
+        with pytest.raises(ValueError, match="`weight`"):
+            bad()
+    with pytest.raises(ValueError, match="`magnitude`"):
+        FourierParam(magnitude="flat")
+    with pytest.raises(ValueError, match="`steps`"):
+        Prior(steps=0)
     inv = ForwardPassInversion(digit_nets[2])
     with pytest.raises(ValueError, match="`prior`"):
         inv.attribute(target=1, prior="lucid")
