@@ -114,6 +114,7 @@ def main():
     tgt = labels.tolist()
     s = args.seed
     prior = DataPrior(xtr)
+    prior_hm = DataPrior(xtr, match_histogram=True)
     keys = {"mlp": "6-layer SELU MLP", "cnn": "BatchNorm CNN", "vit": "ViT (3 blocks)"}
     all_nets = nets(tr)
     table, rows, readme_rows = [], [], []
@@ -126,6 +127,8 @@ def main():
                 target=tgt, input_range=BOX, seed=s, allow_unverified=True)),
             ("forward pass + DataPrior", lambda: ForwardPassInversion(model).attribute(
                 target=tgt, input_range=BOX, seed=s, prior=prior, allow_unverified=True)),
+            ("forward pass + DataPrior(match_histogram)", lambda: ForwardPassInversion(model).attribute(
+                target=tgt, input_range=BOX, seed=s, prior=prior_hm, allow_unverified=True)),
             ("forward pass + auto (no data)", lambda: ForwardPassInversion(model).attribute(
                 target=tgt, input_range=BOX, seed=s, prior="auto", allow_unverified=True)),
             ("generalized", lambda: GeneralizedInversion(model).attribute(

@@ -143,13 +143,20 @@ class PCAParam(Parameterization):
     passes through the clamp into the box. Directions outside the subspace (high-frequency
     adversarial noise, in digits) cannot be used.
 
+    With ``match_histogram`` every image's pixel values are replaced, rank for rank, by the
+    quantiles of the references' pooled pixel values (the gradient passes straight through).
+    Images then have the references' contrast: crisp strokes on a clean background instead of
+    the subspace's blur.
+
     Args:
         reference (Tensor): ``(M, *input_shape)`` images, e.g. a sample of the training set.
         var_ratio (float): keep the fewest components that explain this fraction of the variance.
         max_components (int, optional): at most this many components.
+        match_histogram (bool): match each image to the references' pixel histogram.
     """
 
-    def __init__(self, reference: Tensor, var_ratio: float = 0.95, max_components: Optional[int] = None) -> None:
+    def __init__(self, reference: Tensor, var_ratio: float = 0.95, max_components: Optional[int] = None,
+                 match_histogram: bool = False) -> None:
         if not isinstance(reference, Tensor) or reference.dim() < 2 or len(reference) < 2:
             raise ValueError("`reference` must be a tensor of at least 2 images (M, *input_shape)")
         if not 0 < var_ratio <= 1:
@@ -163,6 +170,14 @@ class PCAParam(Parameterization):
         self.basis, self.sigma, self.k = vt[:k], var[:k].sqrt(), k
         self.ref_shape = tuple(reference.shape[1:])
         self.var_ratio = var_ratio
+        self.profile = None
+        if match_histogram:  # quantiles of the pooled pixels at (i + 1/2) / d
+            pool = flat.reshape(-1)
+            if len(pool) > 2_000_000:
+                pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:2_000_000]]
+            pool = pool.sort()[0]
+            d = flat.shape[1]
+            self.profile = pool[((torch.arange(d, dtype=torch.float64) + 0.5) / d * len(pool)).long()]
 
     def setup(self, input_shape, input_range):
         super().setup(input_shape, input_range)
@@ -174,6 +189,10 @@ class PCAParam(Parameterization):
 
     def image(self, z):
         x = (self.mean.to(z) + (z * self.sigma.to(z)) @ self.basis.to(z)).reshape(len(z), *self.input_shape)
+        if self.profile is not None:
+            flat = x.reshape(len(x), -1)
+            matched = self.profile.to(x)[flat.argsort(1).argsort(1)]
+            x = x + (matched.reshape(x.shape) - x).detach()
         if self.input_range is None:
             return x
         return x + (x.clamp(*self.input_range) - x).detach()
@@ -183,7 +202,8 @@ class PCAParam(Parameterization):
         return ((flat @ self.basis.to(x.device).T) / self.sigma.to(x.device)).to(x.dtype)
 
     def __repr__(self) -> str:
-        return f"PCAParam(k={self.k}, var_ratio={self.var_ratio})"
+        hm = ", match_histogram=True" if self.profile is not None else ""
+        return f"PCAParam(k={self.k}, var_ratio={self.var_ratio}{hm})"
 
 
 class LatentNorm(Penalty):
@@ -205,7 +225,7 @@ class LatentNorm(Penalty):
 
 def DataPrior(reference: Tensor, var_ratio: float = 0.9, weight: float = 1.0,
               max_components: Optional[int] = None, transforms: bool = True,
-              diversity: float = 1.0) -> Prior:
+              diversity: float = 1.0, match_histogram: bool = False) -> Prior:
     """A data prior from reference images the user passes: the :class:`PCAParam` subspace of the
     references with their Gaussian (:class:`LatentNorm` on the whitened coordinates), a
     :class:`~captum_invert.priors.Diversity` term between the samples of one target and, for
@@ -218,6 +238,9 @@ def DataPrior(reference: Tensor, var_ratio: float = 0.9, weight: float = 1.0,
         max_components (int, optional): cap on the subspace's dimension.
         transforms (bool): add the robust transforms (image inputs only).
         diversity (float): weight of the diversity term (0: none).
+        match_histogram (bool): give every image the references' pixel histogram (see
+            :class:`PCAParam`): crisper, more varied images, at a lower judge-read rate on some
+            nets (see the docs page "Readable prototypes").
 
     Returns:
         Prior
@@ -225,7 +248,7 @@ def DataPrior(reference: Tensor, var_ratio: float = 0.9, weight: float = 1.0,
     from .penalties import Diversity
     from .transforms import robust_transforms
 
-    prior = Prior(PCAParam(reference, var_ratio, max_components), (), [LatentNorm(weight)])
+    prior = Prior(PCAParam(reference, var_ratio, max_components, match_histogram), (), [LatentNorm(weight)])
     if diversity:
         prior = prior + Diversity(diversity)
     if transforms:

@@ -199,3 +199,18 @@ def test_diversity_penalty_spreads_the_samples_of_a_target(digit_cnn, digits):
     d = Diversity(1.0)
     d.groups = torch.tensor([0, 1, 2])
     assert torch.equal(d(torch.rand(3, *SHAPE), None), torch.zeros(3))
+
+
+def test_histogram_matching_gives_the_references_pixel_values(digits, digit_cnn):
+    ref = digits[0].tensors[0][:400]
+    pca = PCAParam(ref, 0.9, match_histogram=True)
+    pca.setup(SHAPE, BOX)
+    x = pca.image(pca.init(3, torch.Generator().manual_seed(0)))
+    # rank for rank, the pooled reference quantiles: same sorted values in every image
+    srt = x.reshape(3, -1).sort(1)[0]
+    assert torch.allclose(srt, pca.profile.float()[None].expand(3, -1))
+    assert abs(float((x == 0).float().mean()) - float((ref == 0).float().mean())) < 0.02
+    x = ForwardPassInversion(digit_cnn).attribute(target=[1, 8], input_range=BOX, seed=0,
+                                                 prior=DataPrior(ref, match_histogram=True))
+    with torch.no_grad():
+        assert (digit_cnn(x).softmax(1)[torch.arange(2), [1, 8]] >= 0.9).all()
