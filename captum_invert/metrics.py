@@ -23,15 +23,11 @@ def class_probabilities(model: nn.Module, x: Tensor, batch_size: int = 1024) -> 
 
     out = []
     with model_mode_guard(model), torch.no_grad():
-        last = [m for m in model.modules() if next(iter(m.children()), None) is None]
-        kind = "probs" if last and isinstance(last[-1], nn.Softmax) else (
-            "log_probs" if last and isinstance(last[-1], nn.LogSoftmax) else "logits")
+        leaves = [m for m in model.modules() if next(iter(m.children()), None) is None]
+        last = leaves[-1] if leaves else None
         for i in range(0, len(x), batch_size):
             o = model(x[i:i + batch_size])
-            k = kind
-            if o.dim() == 2 and o.shape[1] == 1:  # a binary classifier, as the methods read it
-                k = "binary_probs" if last and isinstance(last[-1], nn.Sigmoid) else "binary_logits"
-            out.append(InversionMethod.log_probs_from(o, k).exp())
+            out.append(InversionMethod.log_probs_from(o, InversionMethod.output_kind(last, o.shape[1])).exp())
     return torch.cat(out) if out else torch.zeros(0)
 
 

@@ -242,14 +242,23 @@ class InversionMethod(Attribution):
                 "`class Logits(nn.Module): def __init__(self, m): super().__init__(); self.m = m` with "
                 "`def forward(self, x): return self.m(x)['logits']` (or `[0]`, or `.logits`)")
         last = trace.calls[-1].module if trace is not None and trace.calls else None
-        if out.shape[1] == 1:  # one output: a binary classifier (a sigmoid of it is p(class 1))
-            return ("binary_probs" if isinstance(last, nn.Sigmoid) else "binary_logits"), 2, None
-        kind = "logits"
-        if isinstance(last, nn.Softmax):
-            kind = "probs"
-        elif isinstance(last, nn.LogSoftmax):
-            kind = "log_probs"
+        kind = self.output_kind(last, out.shape[1])
+        if kind.startswith("binary"):  # no softmax over outputs: nothing of the trace applies
+            return kind, 2, None
         return kind, out.shape[1], trace
+
+    @staticmethod
+    def output_kind(last: Optional[nn.Module], n_outputs: int) -> str:
+        """How to read a model's output from its last executed module and its width:
+        ``'binary_probs'`` / ``'binary_logits'`` for one output (after an ``nn.Sigmoid`` or not),
+        else ``'probs'`` (``nn.Softmax``), ``'log_probs'`` (``nn.LogSoftmax``) or ``'logits'``."""
+        if n_outputs == 1:  # one output: a binary classifier (its sigmoid is p(class 1))
+            return "binary_probs" if isinstance(last, nn.Sigmoid) else "binary_logits"
+        if isinstance(last, nn.Softmax):
+            return "probs"
+        if isinstance(last, nn.LogSoftmax):
+            return "log_probs"
+        return "logits"
 
     @staticmethod
     def _need_softmax(kind: str, what: str) -> None:
@@ -600,16 +609,11 @@ class InversionMethod(Attribution):
         from ..priors import shape_inputs
 
         dtype, device = self._model_dtype_device()
-        z0 = None
-        if inputs is not None:
-            param = prior.parameterization()
-            param.setup(self.input_shape, input_range)
-            z0 = param.from_image(inputs.detach().to(dtype=dtype, device=device))
         # the shaping aims ten times closer to certainty than verification needs: the image
         # lands inside the class region, not on its boundary, and the polish barely moves it
         x, stats = shape_inputs(self.forward_func, lambda o: self.log_probs_from(o, kind), prior,
                                 self.input_shape, input_range, gen, labels=goal.labels, dist=goal.dist,
-                                aim=1.0 - (1.0 - goal.min_prob) / 10, z0=z0, n=goal.n, dtype=dtype,
+                                aim=1.0 - (1.0 - goal.min_prob) / 10, x0=inputs, n=goal.n, dtype=dtype,
                                 device=device)
         self.last_stats["shaping_steps"] = self.last_stats.get("shaping_steps", 0) + stats["steps"] * goal.n
         return x

@@ -67,7 +67,7 @@ def resolve_prior(prior, model, input_shape) -> Optional[Prior]:
 def shape_inputs(model: Callable[[Tensor], Tensor], log_probs: Callable[[Tensor], Tensor], prior: Prior,
                  input_shape: Tuple[int, ...], input_range, gen: torch.Generator,
                  labels: Optional[Tensor] = None, dist: Optional[Tensor] = None, aim: float = 0.95,
-                 z0: Optional[Tensor] = None, n: Optional[int] = None, steps: Optional[int] = None,
+                 x0: Optional[Tensor] = None, n: Optional[int] = None, steps: Optional[int] = None,
                  lr: Optional[float] = None, dtype=torch.float32, device="cpu",
                  until: Optional[Callable[[Tensor], Tensor]] = None) -> Tuple[Tensor, dict]:
     r"""Shape inputs with a prior: Adam on the prior's variables ``z`` minimizing, per sample,
@@ -88,7 +88,9 @@ def shape_inputs(model: Callable[[Tensor], Tensor], log_probs: Callable[[Tensor]
         gen (torch.Generator): randomness of the starts and transforms.
         labels (Tensor, optional): ``(n,)`` classes; or ``dist`` ``(n, C)``.
         aim (float): the class probability the hinge aims at.
-        z0 (Tensor, optional): starting variables; default ``prior``'s random init of ``n``.
+        x0 (Tensor, optional): starting images, turned into the prior's variables where the
+            parameterization can represent images (``from_image``); default (or where it
+            cannot) the prior's random init of ``n`` variables.
         steps, lr: Adam steps and learning rate (default: ``prior.steps`` / ``prior.lr``, else
             :data:`DEFAULT_STEPS` / :data:`DEFAULT_LR`).
         until (callable, optional): ``x -> (n,) bool``; when every sample is True on the
@@ -101,7 +103,8 @@ def shape_inputs(model: Callable[[Tensor], Tensor], log_probs: Callable[[Tensor]
     lr = lr if lr is not None else (prior.lr or DEFAULT_LR)
     param = prior.parameterization()
     param.setup(input_shape, input_range)
-    z = param.init(n, gen, dtype, device) if z0 is None else z0.to(dtype=dtype, device=device).clone()
+    z = None if x0 is None else param.from_image(x0.detach().to(dtype=dtype, device=device))
+    z = param.init(n, gen, dtype, device) if z is None else z.to(dtype=dtype, device=device).clone()
     z.requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     log_odds = math.log(aim) - math.log1p(-aim)

@@ -92,19 +92,7 @@ class ActivationMaximization(InversionMethod):
             goal = self._parse_target(target, n_samples, n_classes, min_prob, 0.02, n_inputs)
             if goal.labels is None:
                 raise ValueError("`target` must be class indices for ActivationMaximization")
-            if prior is not None:
-                x0 = inputs
-                if x0 is None and start == "dataset":
-                    from .dataset_search import DatasetSearch
-
-                    x0 = DatasetSearch(self.forward_func, self.images, self.input_shape).attribute(
-                        target=goal.labels.tolist(), allow_unverified=True)
-                x = self._shaped_starts(prior, goal, kind, input_range, gen, x0)
-                ok, delta, _ = self._verify(x, goal, kind, input_range)
-                reasons = count_reasons([f"the prior's ascent did not reach p >= {min_prob} in "
-                                         f"{prior.steps} steps" if not o else "" for o in ok.tolist()])
-                return self._finish(x, ok, delta, reasons, allow_unverified, return_convergence_delta,
-                                    "ActivationMaximization")
+            x = None  # the start: given, the dataset's image, or random (the prior's own draw)
             if inputs is not None:
                 x = inputs.detach().to(dtype=dtype, device=device).clone()
             elif start == "dataset":
@@ -112,7 +100,14 @@ class ActivationMaximization(InversionMethod):
 
                 x = DatasetSearch(self.forward_func, self.images, self.input_shape).attribute(
                     target=goal.labels.tolist(), allow_unverified=True).to(dtype=dtype, device=device)
-            else:
+            if prior is not None:
+                x = self._shaped_starts(prior, goal, kind, input_range, gen, x)
+                ok, delta, _ = self._verify(x, goal, kind, input_range)
+                reasons = count_reasons([f"the prior's ascent did not reach p >= {min_prob} in "
+                                         f"{prior.steps} steps" if not o else "" for o in ok.tolist()])
+                return self._finish(x, ok, delta, reasons, allow_unverified, return_convergence_delta,
+                                    "ActivationMaximization")
+            if x is None:
                 x = random_starts(goal.n, self.input_shape, input_range, gen, init_std, dtype, device)
             x.requires_grad_(True)
             opt = torch.optim.Adam([x], lr=lr)
