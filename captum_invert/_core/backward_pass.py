@@ -428,7 +428,7 @@ class BackwardPassInversion(InversionMethod):
         for i in (~ok & torch.tensor([not w for w in why])).nonzero().squeeze(1).tolist():
             why[i] = "the analytic pass did not verify (condition-number cap or rounding)"
         why_analytic = list(why)
-        stats = {"analytic": int(ok.sum()), "anchored": 0, "anchor_failed": 0, "retries": 0}
+        stats = self.last_stats = {"analytic": int(ok.sum()), "anchored": 0, "anchor_failed": 0, "retries": 0}
         # 2. anchored pass for the rest
         for attempt in range(max_retries + 1):
             todo = (~ok).nonzero().squeeze(1)
@@ -478,6 +478,5 @@ class BackwardPassInversion(InversionMethod):
                     why[i] = "" if ok_s[j] else (why_s[j] or "the anchored sample did not verify")
                 stats["anchored"] += int(ok_s.sum())
                 pending = pending[~ok_s]
-        self.last_stats = stats
         return self._finish(x, ok, delta, count_reasons([w if not o else "" for w, o in zip(why, ok.tolist())]),
                             allow_unverified, return_delta, "BackwardPassInversion")

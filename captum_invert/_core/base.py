@@ -154,6 +154,10 @@ class InversionMethod(Attribution):
             ``nn.Linear``.
     """
 
+    #: run the first-order escalation (:meth:`_escalate`) of stalled solves; False restores the
+    #: Levenberg-Marquardt-only path (for before/after benchmarks)
+    _escalation: bool = True
+
     def __init__(self, forward_func, input_shape: Optional[Sequence[int]] = None) -> None:
         if not callable(forward_func):
             raise ValueError(f"`forward_func` must be a callable model, got {type(forward_func).__name__}")
@@ -595,11 +599,46 @@ class InversionMethod(Attribution):
         try:
             sol = levenberg_marquardt(res, x0.to(dtype=dtype, device=device), max_iter=max_iter,
                                       done_fn=done, bounds=input_range, has_aux=True)
+            sol = self._escalate(res, done, sol, input_range, max_iter)
         finally:
             if handle is not None:
                 handle.remove()
         ok, delta, _ = self._verify(sol.x, goal, kind, input_range)
         return sol, sol.done.cpu() | ok, ok, delta
+
+    def _escalate(self, res, done, sol: LMResult, bounds, max_iter: int, model=None) -> LMResult:
+        """The escalation of samples the Levenberg-Marquardt left short of the goal (not for
+        non-finite ones): up to ``10 * max_iter`` steps of :func:`projected_adam` on the same
+        residual from where they stalled, with :func:`surrogate_gradients` through the model's
+        activations. Values, and so ``done`` and every verification, stay the model's own.
+        Returns ``sol`` with those samples' points, ``done`` and ``n_iter`` updated; samples that
+        converge without it cost nothing more. ``self.last_stats`` gets ``escalated`` (samples)
+        and ``first_order_steps``."""
+        from ..solvers.first_order import projected_adam, surrogate_gradients
+
+        stalled = (~sol.done & sol.finite).nonzero().squeeze(1)
+        if stalled.numel() == 0 or not self._escalation:
+            return sol
+        xs = sol.x[stalled].detach()
+        lr = 0.05 * _step_scale(xs, bounds)
+        with surrogate_gradients(self.forward_func if model is None else model):
+            esc = projected_adam(lambda v, idx: res(v, stalled[idx]), xs, 10 * max_iter, lr,
+                                 lambda v, r, idx, aux: done(v, r, stalled[idx], aux), bounds)
+        x = sol.x.clone()
+        x[stalled] = esc.x.to(x)
+        d = sol.done.clone()
+        d[stalled] = esc.done
+        n_iter = sol.n_iter.clone()
+        n_iter[stalled] += esc.n_iter
+        zero = sol.zero_grad.clone() if sol.zero_grad is not None else torch.zeros_like(d)
+        zero[stalled] = zero[stalled] & ~esc.done
+        st = self.last_stats
+        st["escalated"] = st.get("escalated", 0) + int(stalled.numel())
+        st["escalated_converged"] = st.get("escalated_converged", 0) + int(esc.done.sum())
+        st["first_order_steps"] = st.get("first_order_steps", 0) + int(esc.n_iter.sum())
+        rn = sol.residual_norm.clone()
+        rn[stalled] = esc.residual_norm.to(rn)
+        return LMResult(x, d, n_iter, rn, sol.finite, zero)
 
     def _shaped_starts(self, prior, goal: Goal, kind: str, input_range, gen,
                        inputs: Optional[Tensor] = None) -> Tensor:
@@ -648,6 +687,22 @@ class InversionMethod(Attribution):
                 n_ok, len(x), reasons, x, ok.clone(), delta,
             )
         return (x, delta) if return_convergence_delta else x
+
+
+def _step_scale(x: Tensor, bounds) -> Tensor:
+    """``(B,)`` a natural length per sample: the mean width of a bounded box, else twice the
+    root-mean-square of the point (an input's typical spread), at least 1e-3."""
+    B = len(x)
+    flat = x.reshape(B, -1)
+    rms = (2 * flat.pow(2).mean(1).sqrt()).clamp_min(1e-3)
+    if bounds is None:
+        return rms
+    lo, hi = (torch.as_tensor(b, dtype=x.dtype, device=x.device).expand(x.shape[1:]).reshape(-1) for b in bounds)
+    w = hi - lo
+    fin = torch.isfinite(w)
+    if bool(fin.all()):
+        return w.mean().expand(B).clone()
+    return rms
 
 
 def count_reasons(reasons: List[str]) -> Dict[str, int]:

@@ -295,6 +295,7 @@ class GeneralizedInversion(InversionMethod):
         try:
             sol = levenberg_marquardt(res, v0, max_iter=max_iter, done_fn=done, bounds=bounds,
                                       has_aux=True)
+            sol = self._escalate(res, done, sol, bounds, max_iter)
         finally:
             if hook is not None:
                 hook.remove()
