@@ -5,5 +5,6 @@ from .generalized import GeneralizedInversion
 from .layer import LayerInversion
 from .learned import LearnedInversion
 from .base import Goal, InversionError, InversionMethod
+from .diagnosis import SampleDiagnosis
 
-__all__ = ["BackwardPassInversion", "ForwardPassInversion", "GeneralizedInversion", "LayerInversion", "LearnedInversion", "Goal", "InversionError", "InversionMethod"]
+__all__ = ["BackwardPassInversion", "ForwardPassInversion", "GeneralizedInversion", "LayerInversion", "LearnedInversion", "Goal", "InversionError", "InversionMethod", "SampleDiagnosis"]

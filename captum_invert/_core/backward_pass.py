@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..blocks.activations import ElementwiseInverse, get_inverse, interior, registered_types
 from ..blocks.linear import LinearInverse, linear_inverse
 from ..blocks.plan import LeafTrace, model_mode_guard
+from .diagnosis import check_reference
 from .base import (
     Goal, InversionMethod, count_reasons, make_generator, random_starts,
 )
@@ -355,6 +356,7 @@ class BackwardPassInversion(InversionMethod):
         init_std: float = 0.1,
         return_convergence_delta: bool = False,
         allow_unverified: bool = False,
+        reference=None,
     ):
         r"""Generate inputs that the model maps to ``target``.
 
@@ -382,6 +384,10 @@ class BackwardPassInversion(InversionMethod):
             init_std (float): standard deviation of random starts without ``input_range``.
             return_convergence_delta (bool): also return the per-sample delta.
             allow_unverified (bool): return failed samples too instead of raising.
+            reference (Tensor or tuple, optional): real inputs ``(M, *input_shape)``, or a pair
+                ``(inputs, labels)``, e.g. a sample of the training set. Used only when samples
+                fail: the :class:`~captum_invert.InversionError`'s diagnosis then says how many
+                of them (of the target's class) reach the target.
 
         Returns:
             Tensor or (Tensor, Tensor): inputs ``(N, *input_shape)`` in the model's dtype and
@@ -398,6 +404,7 @@ class BackwardPassInversion(InversionMethod):
         self._check_solver_args(max_iter, max_retries, init_std)
         input_range = self._check_range(input_range)
         n_inputs = self._check_inputs(inputs)
+        reference = check_reference(reference, self.input_shape)
         gen = make_generator(seed)
         with model_mode_guard(self.forward_func):
             kind, n_classes, trace = self._probe()
@@ -408,10 +415,10 @@ class BackwardPassInversion(InversionMethod):
             chain = self._chain(trace, cond_num)
             chain.set_boxes(margin, input_range)
             return self._run(chain, kind, goal, std, gen, input_range, max_iter, max_retries,
-                             init_std, inputs, return_convergence_delta, allow_unverified, tail)
+                             init_std, inputs, return_convergence_delta, allow_unverified, tail, reference)
 
     def _run(self, chain, kind, goal: Goal, std, gen, input_range, max_iter, max_retries,
-             init_std, inputs, return_delta, allow_unverified, tail):
+             init_std, inputs, return_delta, allow_unverified, tail, reference=None):
         dtype, device = self._model_dtype_device()
         N = goal.n
         shape = self.input_shape
@@ -479,4 +486,5 @@ class BackwardPassInversion(InversionMethod):
                 stats["anchored"] += int(ok_s.sum())
                 pending = pending[~ok_s]
         return self._finish(x, ok, delta, count_reasons([w if not o else "" for w, o in zip(why, ok.tolist())]),
-                            allow_unverified, return_delta, "BackwardPassInversion")
+                            allow_unverified, return_delta, "BackwardPassInversion", goal, kind, input_range,
+                            reference)

@@ -31,18 +31,28 @@ class InversionError(RuntimeError):
         result (Tensor or None): all samples, ``(n_requested, *input_shape)``, unverified ones
             included (their values are the last attempt).
         delta (Tensor or None): per-sample convergence delta of ``result``.
+        diagnosis (list or None): one :class:`~captum_invert.SampleDiagnosis` per failed sample
+            (best probability reached, input-gradient norm, saturated layers, whether the target
+            is provably out of reach, and with ``reference=`` whether real inputs reach it).
     """
 
     def __init__(self, message: str, n_verified: int = 0, n_requested: int = 0,
                  reasons: Optional[Dict[str, int]] = None, result: Optional[Tensor] = None,
-                 verified: Optional[Tensor] = None, delta: Optional[Tensor] = None) -> None:
+                 verified: Optional[Tensor] = None, delta: Optional[Tensor] = None,
+                 diagnosis: Optional[list] = None, min_prob: float = 0.9) -> None:
         self.n_verified, self.n_requested = n_verified, n_requested
         self.reasons = dict(reasons or {})
         self.result, self.verified, self.delta = result, verified, delta
+        self.diagnosis = list(diagnosis) if diagnosis is not None else None
         self.partial = result[verified] if result is not None and verified is not None else None
         lines = [message, f"{n_verified} of {n_requested} samples verified."]
         for r, k in sorted(self.reasons.items(), key=lambda kv: -kv[1]):
-            lines.append(f"  {k} sample(s): {r}")
+            lines.append(f"  {k} sample(s): {r}" if k else f"  {r}")
+        if self.diagnosis:
+            from .diagnosis import format_diagnosis
+
+            lines.append("Diagnosis:")
+            lines += [f"  {line}" for line in format_diagnosis(self.diagnosis, min_prob)]
         super().__init__("\n".join(lines))
 
 
@@ -608,8 +618,9 @@ class InversionMethod(Attribution):
 
     def _escalate(self, res, done, sol: LMResult, bounds, max_iter: int, model=None) -> LMResult:
         """The escalation of samples the Levenberg-Marquardt left short of the goal (not for
-        non-finite ones): up to ``10 * max_iter`` steps of :func:`projected_adam` on the same
-        residual from where they stalled, with :func:`surrogate_gradients` through the model's
+        non-finite ones): up to ``5 * max_iter`` steps of :func:`projected_adam` on the same
+        residual from where they stalled (a sample whose residual has not dropped by 1% in
+        ``max(10, max_iter // 2)`` steps stops early), with :func:`surrogate_gradients` through the model's
         activations. Values, and so ``done`` and every verification, stay the model's own.
         Returns ``sol`` with those samples' points, ``done`` and ``n_iter`` updated; samples that
         converge without it cost nothing more. ``self.last_stats`` gets ``escalated`` (samples)
@@ -622,8 +633,9 @@ class InversionMethod(Attribution):
         xs = sol.x[stalled].detach()
         lr = 0.05 * _step_scale(xs, bounds)
         with surrogate_gradients(self.forward_func if model is None else model):
-            esc = projected_adam(lambda v, idx: res(v, stalled[idx]), xs, 10 * max_iter, lr,
-                                 lambda v, r, idx, aux: done(v, r, stalled[idx], aux), bounds)
+            esc = projected_adam(lambda v, idx: res(v, stalled[idx]), xs, 5 * max_iter, lr,
+                                 lambda v, r, idx, aux: done(v, r, stalled[idx], aux), bounds,
+                                 patience=max(10, max_iter // 2))
         x = sol.x.clone()
         x[stalled] = esc.x.to(x)
         d = sol.done.clone()
@@ -675,16 +687,31 @@ class InversionMethod(Attribution):
             return self._verify(attributions, goal, kind)[1]
 
     def _finish(self, x: Tensor, ok: Tensor, delta: Tensor, reasons: Dict[str, int],
-                allow_unverified: bool, return_convergence_delta: bool, what: str):
-        """Return the result, or raise InversionError when some samples did not verify."""
+                allow_unverified: bool, return_convergence_delta: bool, what: str,
+                goal: Optional[Goal] = None, kind: Optional[str] = None, input_range=None,
+                reference=None):
+        """Return the result, or raise InversionError when some samples did not verify; with
+        ``goal`` and ``kind`` the error carries the diagnosis of each failed sample (see
+        :class:`~captum_invert.SampleDiagnosis`)."""
         dtype, device = self._model_dtype_device()
         x = x.to(dtype=dtype, device=device)
         n_ok = int(ok.sum())
         if n_ok < len(x) and not allow_unverified:
+            diag = None
+            if goal is not None and kind is not None:
+                from .diagnosis import diagnose
+
+                bad = (~ok).nonzero().squeeze(1)
+                try:
+                    diag = diagnose(self, x[bad.to(x.device)], bad, goal.subset(bad), kind, input_range, reference)
+                except Exception as e:  # noqa: BLE001 - a diagnosis never hides the error itself
+                    diag = None
+                    reasons = {**reasons, f"(no diagnosis: {type(e).__name__}: {e})": 0}
             raise InversionError(
                 f"{what}: {len(x) - n_ok} sample(s) did not verify (pass allow_unverified=True to "
                 "get them anyway, or relax min_prob / atol / input_range).",
-                n_ok, len(x), reasons, x, ok.clone(), delta,
+                n_ok, len(x), reasons, x, ok.clone(), delta, diag,
+                goal.min_prob if goal is not None else 0.9,
             )
         return (x, delta) if return_convergence_delta else x
 

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..blocks.plan import model_mode_guard
 from ..priors import resolve_prior
+from .diagnosis import check_reference
 from .base import InversionMethod, count_reasons, make_generator, random_starts
 
 __all__ = ["ForwardPassInversion"]
@@ -60,6 +61,7 @@ class ForwardPassInversion(InversionMethod):
         prior=None,
         return_convergence_delta: bool = False,
         allow_unverified: bool = False,
+        reference=None,
     ):
         r"""Find inputs that the model maps to ``target``.
 
@@ -90,6 +92,10 @@ class ForwardPassInversion(InversionMethod):
                 target, and the model verifies the result as always.
             return_convergence_delta (bool): also return the per-sample delta.
             allow_unverified (bool): return unconverged samples too instead of raising.
+            reference (Tensor or tuple, optional): real inputs ``(M, *input_shape)``, or a pair
+                ``(inputs, labels)``, e.g. a sample of the training set. Used only when samples
+                fail: the :class:`~captum_invert.InversionError`'s diagnosis then says how many
+                of them (of the target's class) reach the target.
 
         Returns:
             Tensor or (Tensor, Tensor): inputs ``(N, *input_shape)`` in the model's dtype and
@@ -108,6 +114,7 @@ class ForwardPassInversion(InversionMethod):
             raise ValueError(f"`residual` must be one of {_RESIDUALS}, got {residual!r}")
         input_range = self._check_range(input_range)
         n_inputs = self._check_inputs(inputs)
+        reference = check_reference(reference, self.input_shape)
         gen = make_generator(seed)
         dtype, device = self._model_dtype_device()
         prior = resolve_prior(prior, self.forward_func, self.input_shape)
@@ -163,4 +170,5 @@ class ForwardPassInversion(InversionMethod):
             return self._finish(x, ok, delta, count_reasons(["" if o else bad if nf else flat if z else reason
                                                              for o, nf, z in zip(ok.tolist(), nonfinite.tolist(),
                                                                                  zero.tolist())]),
-                                allow_unverified, return_convergence_delta, "ForwardPassInversion")
+                                allow_unverified, return_convergence_delta, "ForwardPassInversion",
+                                goal, kind, input_range, reference)

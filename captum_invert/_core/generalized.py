@@ -12,6 +12,7 @@ from ..solvers.lm import levenberg_marquardt
 from ..priors import resolve_prior
 from .backward_pass import BackwardPassInversion, build_chain
 from .forward_pass import ForwardPassInversion
+from .diagnosis import check_reference
 from .base import (
     InversionMethod, count_reasons, make_generator, random_starts,
 )
@@ -94,6 +95,7 @@ class GeneralizedInversion(InversionMethod):
         prior=None,
         return_convergence_delta: bool = False,
         allow_unverified: bool = False,
+        reference=None,
     ):
         r"""Generate inputs that the model maps to ``target``.
 
@@ -122,6 +124,10 @@ class GeneralizedInversion(InversionMethod):
                 the prior (the back-pass's null-space noise would undo the prior).
             return_convergence_delta (bool): also return the per-sample delta.
             allow_unverified (bool): return failed samples instead of raising.
+            reference (Tensor or tuple, optional): real inputs ``(M, *input_shape)``, or a pair
+                ``(inputs, labels)``, e.g. a sample of the training set. Used only when samples
+                fail: the :class:`~captum_invert.InversionError`'s diagnosis then says how many
+                of them (of the target's class) reach the target.
 
         Returns:
             Tensor or (Tensor, Tensor): inputs ``(N, *input_shape)`` (and ``delta`` ``(N,)``).
@@ -130,6 +136,7 @@ class GeneralizedInversion(InversionMethod):
         self._check_solver_args(max_iter, max_retries, init_std)
         input_range = self._check_range(input_range)
         n_inputs = self._check_inputs(inputs)
+        check_reference(reference, self.input_shape)
         gen = make_generator(seed)
         prior = resolve_prior(prior, self.forward_func, self.input_shape)
         self.last_stats = {}
@@ -145,22 +152,22 @@ class GeneralizedInversion(InversionMethod):
                 out = inv.attribute(inputs, tgt, None, max_iter, input_range, min_prob, atol, gen,
                                     init_std, max_retries, prior=prior,
                                     return_convergence_delta=return_convergence_delta,
-                                    allow_unverified=allow_unverified)
+                                    allow_unverified=allow_unverified, reference=reference)
                 self.last_stats = {"route": "forward_pass", **inv.last_stats}
                 return out
             if len(blocks) == 1 and blocks[0].kind == "analytic":
                 inv = BackwardPassInversion(self.forward_func, self.input_shape)
                 out = inv.attribute(inputs, tgt, None, std, cond_num, gen, input_range, min_prob, atol, margin,
                                     max_iter, max_retries, init_std,
-                                    return_convergence_delta, allow_unverified)
+                                    return_convergence_delta, allow_unverified, reference=reference)
                 self.last_stats = {"route": "backward_pass", **inv.last_stats}
                 return out
             return self._run(goal, kind, std, cond_num, max_iter, input_range, margin, gen,
                              init_std, max_retries, inputs, return_convergence_delta, allow_unverified,
-                             prior)
+                             prior, check_reference(reference, self.input_shape))
 
     def _run(self, goal, kind, std, cond_num, max_iter, input_range, margin, gen, init_std,
-             max_retries, inputs, return_delta, allow_unverified, prior=None):
+             max_retries, inputs, return_delta, allow_unverified, prior=None, reference=None):
         plan = self.plan
         blocks = plan.blocks
         dtype, device = self._model_dtype_device()
@@ -251,7 +258,8 @@ class GeneralizedInversion(InversionMethod):
                     why[i] = (f"Levenberg-Marquardt through the opaque blocks did not reach the "
                               f"target within {max_iter} iterations")
         return self._finish(x, ok, delta, count_reasons([w if not o else "" for w, o in zip(why, ok.tolist())]),
-                            allow_unverified, return_delta, "GeneralizedInversion")
+                            allow_unverified, return_delta, "GeneralizedInversion", goal, kind, input_range,
+                            reference)
 
     def _solve(self, plan, goal, kind, x0, head, tail, i_mid, null, max_iter, input_range, u_box,
                tail_chain):

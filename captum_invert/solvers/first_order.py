@@ -97,6 +97,7 @@ def projected_adam(
     done_fn: Callable[[Tensor, Tensor, Tensor, Optional[Tensor]], Tensor],
     bounds: Optional[Tuple] = None,
     betas: Tuple[float, float] = (0.9, 0.999),
+    patience: Optional[int] = None,
 ) -> LMResult:
     """Batched projected Adam on ``||r(x)||^2 / 2`` per sample, until ``done_fn`` holds.
 
@@ -114,6 +115,8 @@ def projected_adam(
         done_fn (callable): ``(x, r, idx, aux) -> (b,) bool``.
         bounds (tuple, optional): ``(lo, hi)``, numbers or tensors of one sample's shape.
         betas (tuple): Adam's moment decay rates.
+        patience (int, optional): stop a sample whose best ``||r||`` has not dropped by 1% in
+            this many steps (a plateau, or a target out of reach); default no early stop.
 
     Returns:
         LMResult: ``n_iter`` counts the steps; ``zero_grad`` marks samples stopped by a zero
@@ -133,9 +136,12 @@ def projected_adam(
     zero = torch.zeros(B, dtype=torch.bool, device=dev)
     n_iter = torch.zeros(B, dtype=torch.long, device=dev)
     rnorm = torch.full((B,), float("inf"), dtype=dt, device=dev)
+    best = torch.full((B,), float("inf"), dtype=dt, device=dev)
+    since = torch.zeros(B, dtype=torch.long, device=dev)
+    stalled = torch.zeros(B, dtype=torch.bool, device=dev)
     b1, b2 = betas
     for step in range(steps + 1):
-        act = (~done & ~zero).nonzero().squeeze(1)
+        act = (~done & ~zero & ~stalled).nonzero().squeeze(1)
         if act.numel() == 0:
             break
         xa = x[act].requires_grad_(True)
@@ -145,6 +151,11 @@ def projected_adam(
         r = r.detach()
         aux = aux.detach() if aux is not None else None
         rnorm[act] = r.norm(dim=1)
+        better = rnorm[act] < 0.99 * best[act]
+        best[act] = torch.where(better, rnorm[act], best[act])
+        since[act] = torch.where(better, torch.zeros_like(since[act]), since[act] + 1)
+        if patience is not None:
+            stalled[act] = since[act] > patience
         with torch.no_grad():
             fin = done_fn(xa.detach().view(len(act), *shape), r, act, aux).to(dev)
         done[act] = fin

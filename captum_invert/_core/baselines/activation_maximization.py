@@ -106,7 +106,7 @@ class ActivationMaximization(InversionMethod):
                 reasons = count_reasons([f"the prior's ascent did not reach p >= {min_prob} in "
                                          f"{prior.steps} steps" if not o else "" for o in ok.tolist()])
                 return self._finish(x, ok, delta, reasons, allow_unverified, return_convergence_delta,
-                                    "ActivationMaximization")
+                                    "ActivationMaximization", goal, kind, input_range)
             if x is None:
                 x = random_starts(goal.n, self.input_shape, input_range, gen, init_std, dtype, device)
             x.requires_grad_(True)
@@ -130,4 +130,4 @@ class ActivationMaximization(InversionMethod):
             reasons = count_reasons([f"gradient ascent did not reach p >= {min_prob} in {max_iter} steps"
                                      if not o else "" for o in ok.tolist()])
             return self._finish(x, ok, delta, reasons, allow_unverified, return_convergence_delta,
-                                "ActivationMaximization")
+                                "ActivationMaximization", goal, kind, input_range)

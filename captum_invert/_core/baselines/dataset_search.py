@@ -91,4 +91,4 @@ class DatasetSearch(InversionMethod):
             reasons = count_reasons([f"no {mode} image of the dataset meets the target" if not o else ""
                                      for o in ok.tolist()])
             return self._finish(x, ok, delta, reasons, allow_unverified, return_convergence_delta,
-                                "DatasetSearch")
+                                "DatasetSearch", goal, kind, None)

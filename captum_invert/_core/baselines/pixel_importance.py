@@ -72,7 +72,7 @@ class PixelImportance(InversionMethod):
             reasons = count_reasons([f"the painted image does not reach p >= {min_prob}" if not o else ""
                                      for o in ok.tolist()])
             return self._finish(x, ok, delta, reasons, allow_unverified, return_convergence_delta,
-                                "PixelImportance")
+                                "PixelImportance", goal, kind, None)
 
     def pixel_scores(self, on: float = 1.0, logit_high: float = 10.0, logit_low: float = -10.0,
                      n_classes: Optional[int] = None):

@@ -122,7 +122,7 @@ class PseudoInverseInversion(InversionMethod):
             reasons = count_reasons(["the minimum-norm preimage of the ideal logits does not reach "
                                      f"p >= {min_prob}" if not o else "" for o in ok.tolist()])
             return self._finish(x, ok, delta, reasons, allow_unverified, return_convergence_delta,
-                                "PseudoInverseInversion")
+                                "PseudoInverseInversion", goal, kind, None)
 
 
 def _clip_open(y: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
