@@ -11,6 +11,10 @@ For every net and method, 8 images of each of the 10 classes inside [0, 1]:
   distance of the 8 images of a class;
 - ms / verified and ms / verified read image (every method on the same nets, in this run).
 
+The first row of each net holds 8 held-out MNIST digits per class, scored the same way: the
+figures real data reach (their diversity is what digits of one class differ by in pixels).
+The row "DataPrior(match_histogram, diversity=10)" shows the trade-off of the diversity weight.
+
 Writes prototypes_out/prototypes.md, .json and .png (rows = methods, columns = classes) and
 prototypes_readme.png (no prior / data prior / lucent only).
 
@@ -115,6 +119,9 @@ def main():
     s = args.seed
     prior = DataPrior(xtr)
     prior_hm = DataPrior(xtr, match_histogram=True)
+    prior_div = DataPrior(xtr, match_histogram=True, diversity=10.0)
+    real_x, real_y = te.tensors
+    real_idx = torch.cat([(real_y == c).nonzero().squeeze(1)[: args.per_class] for c in range(10)])
     keys = {"mlp": "6-layer SELU MLP", "cnn": "BatchNorm CNN", "vit": "ViT (3 blocks)"}
     all_nets = nets(tr)
     table, rows, readme_rows = [], [], []
@@ -123,12 +130,15 @@ def main():
         model = all_nets[net_name]
         print(f"{net_name}: test accuracy {100 * accuracy(model, te):.1f}%", flush=True)
         methods = [
+            ("real test images (reference)", lambda: real_x[real_idx]),
             ("forward pass", lambda: ForwardPassInversion(model).attribute(
                 target=tgt, input_range=BOX, seed=s, allow_unverified=True)),
             ("forward pass + DataPrior", lambda: ForwardPassInversion(model).attribute(
                 target=tgt, input_range=BOX, seed=s, prior=prior, allow_unverified=True)),
             ("forward pass + DataPrior(match_histogram)", lambda: ForwardPassInversion(model).attribute(
                 target=tgt, input_range=BOX, seed=s, prior=prior_hm, allow_unverified=True)),
+            ("forward pass + DataPrior(match_histogram, diversity=10)", lambda: ForwardPassInversion(model).attribute(
+                target=tgt, input_range=BOX, seed=s, prior=prior_div, allow_unverified=True)),
             ("forward pass + auto (no data)", lambda: ForwardPassInversion(model).attribute(
                 target=tgt, input_range=BOX, seed=s, prior="auto", allow_unverified=True)),
             ("generalized", lambda: GeneralizedInversion(model).attribute(
@@ -149,8 +159,11 @@ def main():
             with model_mode_guard(model), torch.no_grad():
                 p = class_probabilities(model, x).gather(1, labels[:, None]).squeeze(1)
             ok = (p >= 0.9) & (x.flatten(1).amin(1) >= BOX[0]) & (x.flatten(1).amax(1) <= BOX[1])
-            rep = prototype_report(x, labels, judge, torch.cat([xtr, te.tensors[0]]),
-                                   torch.cat([ytr, te.tensors[1]]), NO_DIGIT)
+            if mname.startswith("real"):  # held-out digits: the training set is the copy reference
+                rep = prototype_report(x, labels, judge, xtr, ytr, NO_DIGIT)
+            else:
+                rep = prototype_report(x, labels, judge, torch.cat([xtr, te.tensors[0]]),
+                                       torch.cat([ytr, te.tensors[1]]), NO_DIGIT)
             # read among verified images (a read image that does not verify is no prototype)
             good = ok & ~copies(x, xtr)
             n_read = 0

@@ -30,8 +30,11 @@ class ForwardPassInversion(InversionMethod):
     residual, ``logit(aim) - (z_t - logsumexp(z_others))`` (the class's log-odds) with
     ``aim = (1 + min_prob) / 2``, so an iteration costs
     one forward and one backward pass whatever the input size. Samples that have converged leave
-    the batch. Samples that do not converge in ``max_iter`` iterations are restarted from new
-    random points, up to ``max_retries`` times. After that an
+    the batch. Samples that do not converge in ``max_iter`` iterations are escalated: up to
+    ``5 * max_iter`` steps of projected Adam on the same residual, with surrogate gradients
+    through saturated activations (:func:`~captum_invert.solvers.surrogate_gradients`; the
+    values stay the model's own). Those still short are restarted from new random points, up to
+    ``max_retries`` times. After that an
     :class:`~captum_invert.InversionError` is raised, unless ``allow_unverified=True``.
 
     The model runs in eval mode during the call and in its own dtype and device; every
