@@ -616,12 +616,12 @@ class InversionMethod(Attribution):
         ok, delta, _ = self._verify(sol.x, goal, kind, input_range)
         return sol, sol.done.cpu() | ok, ok, delta
 
-    def _escalate(self, res, done, sol: LMResult, bounds, max_iter: int, model=None) -> LMResult:
+    def _escalate(self, res, done, sol: LMResult, bounds, max_iter: int) -> LMResult:
         """The escalation of samples the Levenberg-Marquardt left short of the goal (not for
         non-finite ones): up to ``5 * max_iter`` steps of :func:`projected_adam` on the same
         residual from where they stalled (a sample whose residual has not dropped by 1% in
-        ``max(10, max_iter // 2)`` steps stops early), with :func:`surrogate_gradients` through the model's
-        activations. Values, and so ``done`` and every verification, stay the model's own.
+        ``max(10, max_iter // 2)`` steps stops early), with :func:`surrogate_gradients` through
+        the model's activations. Values, and so ``done`` and every verification, stay the model's own.
         Returns ``sol`` with those samples' points, ``done`` and ``n_iter`` updated; samples that
         converge without it cost nothing more. ``self.last_stats`` gets ``escalated`` (samples)
         and ``first_order_steps``."""
@@ -632,7 +632,7 @@ class InversionMethod(Attribution):
             return sol
         xs = sol.x[stalled].detach()
         lr = 0.05 * _step_scale(xs, bounds)
-        with surrogate_gradients(self.forward_func if model is None else model):
+        with surrogate_gradients(self.forward_func):
             esc = projected_adam(lambda v, idx: res(v, stalled[idx]), xs, 5 * max_iter, lr,
                                  lambda v, r, idx, aux: done(v, r, stalled[idx], aux), bounds,
                                  patience=max(10, max_iter // 2))
@@ -703,7 +703,8 @@ class InversionMethod(Attribution):
 
                 bad = (~ok).nonzero().squeeze(1)
                 try:
-                    diag = diagnose(self, x[bad.to(x.device)], bad, goal.subset(bad), kind, input_range, reference)
+                    diag = diagnose(self, x[bad.to(x.device)], bad, goal.subset(bad), kind, input_range,
+                                    reference)
                 except Exception as e:  # noqa: BLE001 - a diagnosis never hides the error itself
                     diag = None
                     reasons = {**reasons, f"(no diagnosis: {type(e).__name__}: {e})": 0}
