@@ -13,6 +13,7 @@ from ..blocks.activations import ElementwiseInverse, get_inverse, interior, regi
 from ..blocks.linear import LinearInverse, linear_inverse
 from ..blocks.plan import LeafTrace, model_mode_guard
 from .diagnosis import check_reference
+from .batching import batched_attribute
 from .base import (
     Goal, InversionMethod, count_reasons, make_generator, random_starts,
 )
@@ -339,6 +340,7 @@ class BackwardPassInversion(InversionMethod):
         return h
 
     # --- the public call -----------------------------------------------------------------
+    @batched_attribute
     def attribute(
         self,
         inputs: Optional[Tensor] = None,

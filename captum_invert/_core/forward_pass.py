@@ -10,6 +10,7 @@ from torch import Tensor
 from ..blocks.plan import model_mode_guard
 from ..priors import resolve_prior
 from .diagnosis import check_reference
+from .batching import batched_attribute
 from .base import InversionMethod, count_reasons, make_generator, random_starts
 
 __all__ = ["ForwardPassInversion"]
@@ -48,6 +49,7 @@ class ForwardPassInversion(InversionMethod):
             ``forward_func.input_shape`` or the first Linear's ``in_features``.
     """
 
+    @batched_attribute
     def attribute(
         self,
         inputs: Optional[Tensor] = None,

@@ -13,6 +13,7 @@ from ..priors import resolve_prior
 from .backward_pass import BackwardPassInversion, build_chain
 from .forward_pass import ForwardPassInversion
 from .diagnosis import check_reference
+from .batching import batched_attribute
 from .base import (
     InversionMethod, count_reasons, make_generator, random_starts,
 )
@@ -77,6 +78,7 @@ class GeneralizedInversion(InversionMethod):
             self._plan = InversionPlan(self.forward_func, ex, self.split_points)
         return self._plan
 
+    @batched_attribute
     def attribute(
         self,
         inputs: Optional[Tensor] = None,

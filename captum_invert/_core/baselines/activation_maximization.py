@@ -9,6 +9,7 @@ import torch
 
 from ...blocks.plan import model_mode_guard
 from ...priors import resolve_prior
+from ..batching import batched_attribute
 from ..base import InversionMethod, count_reasons, make_generator, random_starts
 
 __all__ = ["ActivationMaximization"]
@@ -41,6 +42,7 @@ class ActivationMaximization(InversionMethod):
         super().__init__(forward_func, input_shape)
         self.images = images
 
+    @batched_attribute
     def attribute(self, inputs=None, target=None, n_samples: Optional[int] = None,
                   max_iter: int = 500, lr: float = 0.05, l2: float = 0.0, tv: float = 0.0,
                   input_range=None, start: str = "random", init_std: float = 0.1,
