@@ -1,18 +1,23 @@
-"""Captum's ``internal_batch_size`` and ``show_progress`` for the inversion methods: a call is
-split into batches of samples, each solved (and verified) on its own, with a progress bar."""
+"""Captum's ``additional_forward_args``, ``internal_batch_size`` and ``show_progress`` for the
+inversion methods: extra model arguments, a call split into batches of samples (each solved and
+verified on its own), and a progress bar."""
 from __future__ import annotations
 
 import functools
 import inspect
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .base import InversionError, make_generator
 
 __all__ = ["batched_attribute"]
 
 _DOC = '''
+            additional_forward_args (optional): passed to the model after the inputs, as in
+                Captum: ``model(x, *additional_forward_args)`` (a single value is one argument).
+                Tensors must be shared by all samples: a batch dimension of 1 is expanded to
+                each call's batch; a per-sample batch dimension is refused.
             internal_batch_size (int, optional): solve at most this many samples at a time
                 (bounds memory for many samples, as Captum's keyword). Batches draw their
                 random starts one after another from the same generator, so a seeded call is
@@ -47,14 +52,58 @@ def _slice_target(target, lo, hi, n):
     return target
 
 
+class _WithArgs(nn.Module):
+    """``model(x, *args)`` as a one-input model; tensors with batch dimension 1 are expanded to
+    ``len(x)``."""
+
+    def __init__(self, model, args) -> None:
+        super().__init__()
+        self.model = model
+        self.args = args
+
+    def forward(self, x):
+        args = [a.expand(len(x), *a.shape[1:]) if isinstance(a, Tensor) and a.dim() > 0 and len(a) == 1 else a
+                for a in self.args]
+        return self.model(x, *args)
+
+
+def _check_args(args, n):
+    if not isinstance(args, tuple):
+        args = (args,)
+    for i, a in enumerate(args):
+        if isinstance(a, Tensor) and a.dim() > 0 and len(a) != 1:
+            raise ValueError(
+                f"`additional_forward_args`[{i}] is a tensor with batch dimension {len(a)}: inversion creates "
+                "its own inputs, so extra arguments must be shared by every sample (a batch dimension of 1, "
+                "expanded to each call's batch, or no batch dimension). For per-sample arguments, run one "
+                "call per value.")
+    return args
+
+
 def batched_attribute(fn):
     """Give an ``attribute`` method (keywords ``inputs``, ``target``, ``n_samples``, ``seed``,
-    ``return_convergence_delta``, ``allow_unverified``) the keywords ``internal_batch_size``
-    and ``show_progress``. Without them the method runs as before."""
+    ``return_convergence_delta``, ``allow_unverified``) the keywords
+    ``additional_forward_args``, ``internal_batch_size`` and ``show_progress``. Without them the
+    method runs as before."""
     sig = inspect.signature(fn)
 
     @functools.wraps(fn)
-    def wrapper(self, *args, internal_batch_size=None, show_progress: bool = False, **kwargs):
+    def wrapper(self, *args, additional_forward_args=None, internal_batch_size=None, show_progress: bool = False,
+                **kwargs):
+        if additional_forward_args is not None:
+            extra = _check_args(additional_forward_args, None)
+            model, plan = self.forward_func, getattr(self, "_plan", None)
+            self.forward_func = _WithArgs(model, extra) if isinstance(model, nn.Module) else (
+                lambda x: model(x, *extra))
+            if plan is not None:  # a plan (GeneralizedInversion) is traced on the model as called
+                self._plan = None
+            try:
+                return wrapper(self, *args, internal_batch_size=internal_batch_size, show_progress=show_progress,
+                               **kwargs)
+            finally:
+                self.forward_func = model
+                if hasattr(self, "_plan"):
+                    self._plan = plan
         if internal_batch_size is not None and (isinstance(internal_batch_size, bool) or not isinstance(
                 internal_batch_size, int) or internal_batch_size < 1):
             raise ValueError(f"`internal_batch_size` must be None or an int >= 1, got {internal_batch_size!r}")
@@ -121,6 +170,7 @@ def batched_attribute(fn):
 
     wrapper.__doc__ = _add_doc(fn.__doc__ or "")
     wrapper.__signature__ = sig.replace(parameters=list(sig.parameters.values()) + [
+        inspect.Parameter("additional_forward_args", inspect.Parameter.KEYWORD_ONLY, default=None),
         inspect.Parameter("internal_batch_size", inspect.Parameter.KEYWORD_ONLY, default=None),
         inspect.Parameter("show_progress", inspect.Parameter.KEYWORD_ONLY, default=False)])
     return wrapper

@@ -45,3 +45,30 @@ def test_bad_batching_arguments_are_value_errors(digit_nets):
         inv.attribute(target=0, internal_batch_size=0)
     with pytest.raises(ValueError, match="show_progress"):
         inv.attribute(target=0, show_progress="yes")
+
+
+class _Scaled(torch.nn.Module):
+    """A classifier with an extra argument: logits of ``net(x)`` times ``scale``, plus ``bias``."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, scale, bias=None):
+        z = self.net(x) * scale
+        return z if bias is None else z + bias
+
+
+@pytest.mark.parametrize("cls", [ForwardPassInversion, GeneralizedInversion, ActivationMaximization])
+def test_additional_forward_args_reach_the_model(digit_nets, cls):
+    model = _Scaled(digit_nets[2])
+    bias = torch.zeros(1, 10)
+    bias[0, 3] = 50.0  # with this bias class 3 wins everywhere: other targets need a large push
+    inv = cls(model, input_shape=(1, 28, 28))
+    x = inv.attribute(target=[1, 3], seed=0, additional_forward_args=(2.0, bias))
+    with torch.no_grad():
+        p = torch.softmax(model(x, 2.0, bias), 1)
+    assert bool((p[torch.arange(2), torch.tensor([1, 3])] >= 0.9).all())
+    assert not model._forward_hooks and model.training  # the caller's model is unchanged
+    with pytest.raises(ValueError, match="additional_forward_args"):
+        inv.attribute(target=[1, 3], additional_forward_args=(2.0, torch.zeros(2, 10)))
