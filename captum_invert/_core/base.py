@@ -539,9 +539,14 @@ class InversionMethod(Attribution):
             samples that reached the goal (stopped by the solver or verified by the model); and
             the model's verification of the solution, ``ok`` ``(N,)`` and ``delta`` ``(N,)``.
         """
-        dtype, device = self._model_dtype_device()
+        mdt, device = self._model_dtype_device()
+        dtype = solver_dtype(mdt)  # half / bfloat16 models: the solver's algebra runs in float32
         gl = goal.to(device)
-        model = self.forward_func
+        raw = self.forward_func
+
+        def model(xx):
+            return raw(xx.to(mdt)).to(dtype)
+
         use_tail = tail is not None and residual == "log_prob"
         captured = {}
         handle = None
@@ -565,7 +570,7 @@ class InversionMethod(Attribution):
 
             def logits_of(xx):
                 model(xx)
-                a = captured.pop("a")
+                a = captured.pop("a").to(dtype)
                 return a, tail_fwd(a)
         lp_of = lambda xx: self.log_probs_from(model(xx), kind)  # noqa: E731
         if residual == "prob":
@@ -715,6 +720,13 @@ class InversionMethod(Attribution):
                 goal.min_prob if goal is not None else 0.9,
             )
         return (x, delta) if return_convergence_delta else x
+
+
+def solver_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the solvers' variables and algebra for a model of ``dtype``: float32 for
+    half and bfloat16 (whose linear solves PyTorch lacks on the CPU and whose 8-bit mantissa
+    cannot resolve a step), else the model's own."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _step_scale(x: Tensor, bounds) -> Tensor:

@@ -154,7 +154,7 @@ class ForwardPassInversion(InversionMethod):
                 stats["restarts"] += int(attempt > 0) * len(todo)
                 sol, _, ok_t, d_t = self._solve_to_goal(x0, goal.subset(todo), kind, max_iter,
                                                         input_range, residual, stop=0.1, tail=tail)
-                x[todo.to(device)] = sol.x.detach()
+                x[todo.to(device)] = sol.x.detach().to(x.dtype)
                 delta[todo], ok[todo] = d_t, ok_t
                 iters[todo] += sol.n_iter.cpu()
                 nonfinite[todo] = ~sol.finite.cpu()

@@ -14,9 +14,7 @@ from .backward_pass import BackwardPassInversion, build_chain
 from .forward_pass import ForwardPassInversion
 from .diagnosis import check_reference
 from .batching import batched_attribute
-from .base import (
-    InversionMethod, count_reasons, make_generator, random_starts,
-)
+from .base import InversionMethod, count_reasons, make_generator, random_starts, solver_dtype
 
 __all__ = ["GeneralizedInversion"]
 
@@ -268,7 +266,8 @@ class GeneralizedInversion(InversionMethod):
         """Levenberg-Marquardt on the middle: variables are the head's output (with a head) or
         the inputs; returns the solution."""
         model = self.forward_func
-        dtype, device = self._model_dtype_device()
+        mdt, device = self._model_dtype_device()
+        dtype = solver_dtype(mdt)  # half / bfloat16 models: float32 variables and algebra
         gl = goal.to(device)
         captured = {}
         hook = None
@@ -280,25 +279,26 @@ class GeneralizedInversion(InversionMethod):
             with torch.no_grad():
                 v0 = plan.block_input(x0, i_mid)
             v0 = torch.maximum(torch.minimum(v0, u_box[1].reshape(v0.shape[1:])), u_box[0].reshape(v0.shape[1:]))
-            run = lambda v: plan.run_from(i_mid, v, None, self.input_shape)  # noqa: E731
-            bounds = (u_box[0].reshape(v0.shape[1:]), u_box[1].reshape(v0.shape[1:]))
+            run = lambda v: plan.run_from(i_mid, v.to(mdt), None, self.input_shape).to(dtype)  # noqa: E731
+            bounds = (u_box[0].reshape(v0.shape[1:]).to(dtype), u_box[1].reshape(v0.shape[1:]).to(dtype))
         else:
             v0 = x0
-            run = model
+            run = lambda v: model(v.to(mdt)).to(dtype)  # noqa: E731
             bounds = input_range
+        v0 = v0.to(dtype)
         goal_res, done = self._log_prob_goal(gl, dtype, 0.5 if head is not None else 0.1)
 
         def res(v, idx):
             lp = self.log_probs_from(run(v), kind)
             r, aux = goal_res(lp, idx)
             if null is not None:
-                h = captured.pop("h").reshape(len(v), -1)
+                h = captured.pop("h").reshape(len(v), -1).to(dtype)
                 for _, m, e in pre:
                     h = e.forward(m, h)
                 n, c, s = null
                 # bounded and weaker than the goal: a preference, never in the goal's way when
                 # the opaque block cannot reach it (e.g. a LayerNorm's fixed-norm output)
-                dev = ((h * n[idx]).sum(1) - c[idx]) / s[idx]
+                dev = ((h * n[idx].to(h)).sum(1) - c[idx].to(h)) / s[idx].to(h)
                 r = torch.cat([r, (0.5 * torch.tanh(dev))[:, None]], 1)
             return r, aux
 
@@ -309,4 +309,4 @@ class GeneralizedInversion(InversionMethod):
         finally:
             if hook is not None:
                 hook.remove()
-        return sol.x.detach()
+        return sol.x.detach().to(mdt)
