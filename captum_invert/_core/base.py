@@ -171,6 +171,7 @@ class InversionMethod(Attribution):
     def __init__(self, forward_func, input_shape: Optional[Sequence[int]] = None) -> None:
         if not callable(forward_func):
             raise ValueError(f"`forward_func` must be a callable model, got {type(forward_func).__name__}")
+        forward_func = _opaque_if_compiled(forward_func)
         super().__init__(forward_func)
         self.input_shape, self._inferred_shape = self._infer_input_shape(forward_func, input_shape)
         self.last_stats: Dict[str, Any] = {}
@@ -209,6 +210,8 @@ class InversionMethod(Attribution):
 
     def _model_dtype_device(self):
         m = self.forward_func
+        if isinstance(m, CompiledModel):
+            m = m.module
         if isinstance(m, nn.Module):
             for p in m.parameters():
                 if p.device.type == "meta":
@@ -246,6 +249,16 @@ class InversionMethod(Attribution):
                 msg += (f". `input_shape` was guessed as {self.input_shape} ({self._inferred_shape}); pass the "
                         f"shape of one input, e.g. {type(self).__name__}(model, input_shape=(1, 28, 28))")
             raise ValueError(msg) from e
+        if isinstance(self.forward_func, CompiledModel):  # a compiled model may fix the batch size
+            try:
+                with torch.no_grad():
+                    self.forward_func(torch.zeros((3, *self.input_shape), dtype=dtype, device=device))
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(
+                    f"the compiled model ({type(self.forward_func.module).__name__}) accepts a batch of 2 but "
+                    f"not of 3 ({type(e).__name__}: {str(e)[:200]}); inversion runs it on batches of every "
+                    "size. Export it with a dynamic batch dimension, e.g. torch.export.export(model, (x,), "
+                    "dynamic_shapes=({0: torch.export.Dim('batch')},))") from e
         if not isinstance(out, Tensor) or out.dim() != 2:
             got = f"{type(out).__name__}{tuple(out.shape) if isinstance(out, Tensor) else ''}"
             if isinstance(out, dict):
@@ -720,6 +733,39 @@ class InversionMethod(Attribution):
                 goal.min_prob if goal is not None else 0.9,
             )
         return (x, delta) if return_convergence_delta else x
+
+
+class CompiledModel:
+    """A TorchScript module or a ``torch.export`` program's module, called as an opaque function:
+    neither takes forward hooks or ``eval()`` reliably, so no method traces it, changes its mode
+    or hooks its layers (BackwardPassInversion and GeneralizedInversion's analytic blocks need a
+    plain ``nn.Module``; the surrogate gradients do not reach its activations). Export or script
+    the model in eval mode. ``module`` is the wrapped model."""
+
+    def __init__(self, module) -> None:
+        self.module = module
+        self.input_shape = getattr(module, "input_shape", None)
+
+    def __call__(self, x):
+        return self.module(x)
+
+    def __repr__(self) -> str:
+        return f"CompiledModel({type(self.module).__name__})"
+
+
+def _opaque_if_compiled(model):
+    """Wrap TorchScript and exported modules in :class:`CompiledModel`; others unchanged."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return CompiledModel(model)
+    try:
+        from torch.fx import GraphModule
+    except ImportError:  # pragma: no cover
+        return model
+    # torch.export's unlifted module: a GraphModule whose eval() / train() raise
+    if isinstance(model, GraphModule) and ("eval" in vars(model) or any(
+            c.__name__ == "_StatefulGraphModule" for c in type(model).__mro__)):
+        return CompiledModel(model)
+    return model
 
 
 def solver_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -14,7 +14,7 @@ from .backward_pass import BackwardPassInversion, build_chain
 from .forward_pass import ForwardPassInversion
 from .diagnosis import check_reference
 from .batching import batched_attribute
-from .base import InversionMethod, count_reasons, make_generator, random_starts, solver_dtype
+from .base import CompiledModel, InversionMethod, count_reasons, make_generator, random_starts, solver_dtype
 
 __all__ = ["GeneralizedInversion"]
 
@@ -144,10 +144,11 @@ class GeneralizedInversion(InversionMethod):
             kind, n_classes, trace = self._probe()
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
             self._check_reachable(goal, self._output_tail(trace), "GeneralizedInversion", allow_unverified)
-            blocks = self.plan.blocks
+            compiled = isinstance(self.forward_func, CompiledModel)  # opaque: one LM block
+            blocks = None if compiled else self.plan.blocks
             tgt = goal.labels.tolist() if goal.labels is not None else goal.dist
             binary = kind.startswith("binary")
-            if (prior is not None or binary) and len(blocks) == 1 and blocks[0].kind == "analytic":
+            if compiled or (prior is not None or binary) and len(blocks) == 1 and blocks[0].kind == "analytic":
                 inv = ForwardPassInversion(self.forward_func, self.input_shape)
                 out = inv.attribute(inputs, tgt, None, max_iter, input_range, min_prob, atol, gen,
                                     init_std, max_retries, prior=prior,
