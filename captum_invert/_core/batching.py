@@ -132,7 +132,7 @@ def batched_attribute(fn):
                             target=_slice_target(a.get("target"), lo, hi, n))
                 if isinstance(a.get("inputs"), Tensor):
                     part["inputs"] = a["inputs"][lo:hi]
-                elif "n_samples" in a:
+                if "n_samples" in a and (a["n_samples"] is not None or not isinstance(a.get("inputs"), Tensor)):
                     part["n_samples"] = hi - lo
                 try:
                     x, d = fn(self, **part)

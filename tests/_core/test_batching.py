@@ -72,3 +72,11 @@ def test_additional_forward_args_reach_the_model(digit_nets, cls):
     assert not model._forward_hooks and model.training  # the caller's model is unchanged
     with pytest.raises(ValueError, match="additional_forward_args"):
         inv.attribute(target=[1, 3], additional_forward_args=(2.0, torch.zeros(2, 10)))
+
+
+def test_batched_inputs_with_n_samples(digit_nets):
+    net = digit_nets[2]
+    x0 = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    x = ForwardPassInversion(net).attribute(inputs=x0, target=[1, 2, 3, 4, 5], n_samples=5, seed=0,
+                                            internal_batch_size=2)
+    assert x.shape == (5, 1, 28, 28)
