@@ -35,6 +35,8 @@ class SampleDiagnosis:
         bound (float or None): that highest reachable probability, when bounded.
         reference (tuple or None): ``(k, m)``: ``k`` of the ``m`` reference inputs of the
             target's class meet the goal (with ``reference=`` only).
+        reference_labelled (bool): the reference had labels, so ``m`` counts the inputs of the
+            target's class only (else every reference input).
     """
 
     index: int
