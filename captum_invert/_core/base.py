@@ -425,6 +425,17 @@ class InversionMethod(Attribution):
             lo, hi = torch.minimum(a, b), torch.maximum(a, b)
         return lo, hi
 
+    @classmethod
+    def _prob_bounds(cls, tail, n_classes: int) -> Tuple[Tensor, Tensor]:
+        """``(p_min, p_max)`` ``(C,)`` float64: the range of each class's probability that the
+        output tail's bounded range allows (p_c is largest with ``z_c = hi_c`` and every other
+        ``z_j = lo_j``, smallest the other way round)."""
+        lo, hi = cls._tail_range(tail, n_classes, torch.float64, "cpu")
+        eye = torch.eye(len(lo), dtype=torch.bool)
+        p_max = 1 / (1 + torch.exp(lo[None, :] - hi[:, None]).masked_fill(eye, 0).sum(1))
+        p_min = 1 / (1 + torch.exp(hi[None, :] - lo[:, None]).masked_fill(eye, 0).sum(1))
+        return p_min, p_max
+
     def _check_reachable(self, goal: Goal, tail, what: str, allow_unverified: bool = False) -> None:
         """Raise ``ValueError`` before any work when the output tail's bounded range (a Tanh or
         Sigmoid on the logits) makes the target unreachable for every input: a class target
@@ -434,10 +445,7 @@ class InversionMethod(Attribution):
         if tail is None or allow_unverified:
             return
         lo, hi = self._tail_range(tail, goal.n_classes, torch.float64, "cpu")
-        # p_c is largest with z_c = hi_c and every other z_j = lo_j, smallest the other way round
-        eye = torch.eye(len(lo), dtype=torch.bool)
-        p_max = 1 / (1 + torch.exp(lo[None, :] - hi[:, None]).masked_fill(eye, 0).sum(1))
-        p_min = 1 / (1 + torch.exp(hi[None, :] - lo[:, None]).masked_fill(eye, 0).sum(1))
+        p_min, p_max = self._prob_bounds(tail, goal.n_classes)
         names = " -> ".join(type(m).__name__ for m, _ in tail[1])
         bounds = f"the model's output activation ({names}) keeps the logits in [{float(lo.min()):.3g}, {float(hi.max()):.3g}]"
         if goal.labels is not None:

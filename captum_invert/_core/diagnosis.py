@@ -129,9 +129,7 @@ def diagnose(method, x: Tensor, index: Tensor, goal, kind: str, input_range=None
             _, n_classes, trace = method._probe()
             tail = method._output_tail(trace)
             if tail is not None:
-                lo, hi = method._tail_range(tail, n_classes, torch.float64, "cpu")
-                eye = torch.eye(len(lo), dtype=torch.bool)
-                bound = 1 / (1 + torch.exp(lo[None, :] - hi[:, None]).masked_fill(eye, 0).sum(1))
+                bound = method._prob_bounds(tail, n_classes)[1]
         except Exception:  # noqa: BLE001
             bound = None
     ref_hits = None

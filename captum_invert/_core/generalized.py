@@ -136,7 +136,7 @@ class GeneralizedInversion(InversionMethod):
         self._check_solver_args(max_iter, max_retries, init_std)
         input_range = self._check_range(input_range)
         n_inputs = self._check_inputs(inputs)
-        check_reference(reference, self.input_shape)
+        reference = check_reference(reference, self.input_shape)
         gen = make_generator(seed)
         prior = resolve_prior(prior, self.forward_func, self.input_shape)
         self.last_stats = {}
@@ -165,7 +165,7 @@ class GeneralizedInversion(InversionMethod):
                 return out
             return self._run(goal, kind, std, cond_num, max_iter, input_range, margin, gen,
                              init_std, max_retries, inputs, return_convergence_delta, allow_unverified,
-                             prior, check_reference(reference, self.input_shape))
+                             prior, reference)
 
     def _run(self, goal, kind, std, cond_num, max_iter, input_range, margin, gen, init_std,
              max_retries, inputs, return_delta, allow_unverified, prior=None, reference=None):
