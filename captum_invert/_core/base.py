@@ -522,11 +522,16 @@ class InversionMethod(Attribution):
         logP = gl.dist.to(dtype).clamp_min(gl.atol / (2 * gl.n_classes))
         logP = (logP / logP.sum(1, keepdim=True)).log()
 
-        def goal_res(lp, idx):
-            return lp - logP[idx], lp
-
         def done(xx, rr, idx, lp):
             return (lp.exp() - gl.dist[idx].to(lp)).abs().amax(1) <= gl.atol / 2
+
+        reduced = _reduced_dist_residual(gl, logP)
+        if reduced is not None:
+            reduced.logP = logP
+            return reduced, done
+
+        def goal_res(lp, idx):
+            return lp - logP[idx], lp
 
         goal_res.logP = logP
         return goal_res, done
@@ -633,8 +638,11 @@ class InversionMethod(Attribution):
                     return tail_inv(z_need) - a, torch.log_softmax(z, 1)
 
         try:
-            sol = levenberg_marquardt(res, x0.to(dtype=dtype, device=device), max_iter=max_iter,
-                                      done_fn=done, bounds=input_range, has_aux=True)
+            x0 = x0.to(dtype=dtype, device=device)
+            reach = getattr(goal_res, "reach", None) if residual == "log_prob" and not use_tail else None
+            if reach is not None:
+                reach = (lambda xx, idx, r1=reach[0]: r1(lp_of(xx), idx), reach[1])
+            sol = _phased_lm(res, done, reach, x0, max_iter, input_range)
             sol = self._escalate(res, done, sol, input_range, max_iter)
         finally:
             if handle is not None:
@@ -774,6 +782,81 @@ def _opaque_if_compiled(model):
             c.__name__ == "_StatefulGraphModule" for c in type(model).__mro__)):
         return CompiledModel(model)
     return model
+
+
+def _reduced_dist_residual(gl: Goal, logP: Tensor):
+    """Residuals for a distribution target whose number does not grow with the classes, or None
+    when they would not be fewer than the ``C`` full ones.
+
+    The classes whose target mass exceeds ``atol / 2`` (the support ``S``, at most ``k`` per
+    row) are matched one by one, and every other class is pooled into one rest group: the
+    ``k`` residuals are ``(log p_j - log p_rest) - (log p*_j - log p*_rest)`` for ``j`` in
+    ``S`` (zero exactly when the group probabilities match, as both sum to one). When the
+    target puts more than ``atol / 4`` on the rest, one more one-sided residual keeps the
+    rest's largest class within ``atol / 2`` of its target. A step then costs ``k`` (or
+    ``k + 1``) vector-Jacobian products instead of ``C``; ``done`` and verification still
+    read all ``C`` probabilities (the max-abs rule).
+
+    ``goal_res.reach`` is a first phase of one residual (one product per step): the support's
+    target-weighted mean log-ratio to the rest, one-sided, until it is within half a nat. It
+    lifts every support class together from a start where they carry no mass, which the ``k``
+    residuals do in more, dearer steps."""
+    P = gl.dist.to(logP)
+    C = gl.n_classes
+    keep = P > gl.atol / 2
+    k = int(keep.sum(1).max())
+    rest_P = P.masked_fill(keep, 0.0).sum(1)
+    guard = bool((rest_P > gl.atol / 4).any())
+    if k == 0 or k + int(guard) >= C or bool(keep.all(1).any()):
+        return None
+    S = P.topk(k, 1).indices  # (N, k): the support first; padded slots are masked out
+    maskS = keep.gather(1, S)
+    Pc = logP.exp()
+    log_rest = Pc.masked_fill(keep, 0.0).sum(1).log()
+    ratio = (logP.gather(1, S) - log_rest[:, None]).masked_fill(~maskS, 0.0)
+    cap = (P + gl.atol / 2).log()
+
+    def goal_res(lp, idx):
+        kp = keep[idx]
+        rest = torch.logsumexp(lp.masked_fill(kp, -math.inf), 1, keepdim=True)
+        r = ((lp.gather(1, S[idx]) - rest) - ratio[idx]) * maskS[idx]
+        if guard:
+            over = (lp - cap[idx]).masked_fill(kp, -math.inf).amax(1, keepdim=True).clamp_min(0.0)
+            r = torch.cat([r, over], 1)
+        return r, lp
+
+    goal_res.n_residuals = k + int(guard)
+    w = P.gather(1, S).masked_fill(~maskS, 0.0)
+    w = w / w.sum(1, keepdim=True)
+
+    def deficit(lp, idx):
+        rest = torch.logsumexp(lp.masked_fill(keep[idx], -math.inf), 1, keepdim=True)
+        return (w[idx] * (ratio[idx] - (lp.gather(1, S[idx]) - rest))).sum(1)
+
+    def reach_res(lp, idx):
+        return deficit(lp, idx).clamp_min(0.0)[:, None], lp
+
+    def reach_done(xx, rr, idx, lp):  # within half a nat: the main phase finishes the work
+        return deficit(lp, idx) <= 0.5
+
+    # functions of the log-probabilities, like goal_res
+    goal_res.reach = (reach_res, reach_done)
+    return goal_res
+
+
+def _phased_lm(res, done, reach, x0: Tensor, max_iter: int, bounds) -> LMResult:
+    """:func:`levenberg_marquardt` on ``res``; with ``reach = (res1, done1)`` (a cheaper residual
+    that gets a distribution target's support its mass, see :func:`_reduced_dist_residual`)
+    first up to ``max_iter`` iterations on it, then the main solve from there (iterations add)."""
+    if reach is None:
+        return levenberg_marquardt(res, x0, max_iter=max_iter, done_fn=done, bounds=bounds, has_aux=True)
+    first = levenberg_marquardt(reach[0], x0, max_iter=max_iter, done_fn=reach[1], bounds=bounds,
+                                has_aux=True)
+    ok = first.finite if first.finite is not None else torch.ones_like(first.done)
+    x1 = torch.where(ok.reshape(-1, *[1] * (x0.dim() - 1)).to(x0.device), first.x, x0)
+    sol = levenberg_marquardt(res, x1, max_iter=max_iter, done_fn=done, bounds=bounds, has_aux=True)
+    sol.n_iter = sol.n_iter + first.n_iter
+    return sol
 
 
 def solver_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -8,13 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from ..blocks.plan import InversionPlan, model_mode_guard
-from ..solvers.lm import levenberg_marquardt
 from ..priors import resolve_prior
 from .backward_pass import BackwardPassInversion, build_chain
 from .forward_pass import ForwardPassInversion
 from .diagnosis import check_reference
 from .batching import batched_attribute
-from .base import CompiledModel, InversionMethod, count_reasons, make_generator, random_starts, solver_dtype
+from .base import CompiledModel, InversionMethod, _phased_lm, count_reasons, make_generator, random_starts, solver_dtype
 
 __all__ = ["GeneralizedInversion"]
 
@@ -304,8 +303,10 @@ class GeneralizedInversion(InversionMethod):
             return r, aux
 
         try:
-            sol = levenberg_marquardt(res, v0, max_iter=max_iter, done_fn=done, bounds=bounds,
-                                      has_aux=True)
+            reach = getattr(goal_res, "reach", None)
+            if reach is not None:
+                reach = (lambda v, idx, r1=reach[0]: r1(self.log_probs_from(run(v), kind), idx), reach[1])
+            sol = _phased_lm(res, done, reach, v0, max_iter, bounds)
             sol = self._escalate(res, done, sol, bounds, max_iter)
         finally:
             if hook is not None:

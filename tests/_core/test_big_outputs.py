@@ -1,0 +1,68 @@
+"""Distribution targets on many-class models: the residuals per Levenberg-Marquardt step do not
+grow with the number of classes, and verification stays the max-abs rule over every class."""
+import pytest
+import torch
+from torch import nn
+
+import captum_invert.solvers.lm as lm
+from captum_invert import ForwardPassInversion, GeneralizedInversion
+
+C = 500
+
+
+@pytest.fixture(scope="module")
+def wide_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128), nn.ELU(), nn.Linear(128, 128), nn.ELU(), nn.Linear(128, C)).eval()
+
+
+@pytest.fixture
+def widths(monkeypatch):
+    seen = []
+    orig = lm.batched_jacobian
+
+    def spy(f, x, mode="auto", has_aux=False):
+        out = orig(f, x, mode, has_aux)
+        seen.append(out[0].shape[1])
+        return out
+
+    monkeypatch.setattr(lm, "batched_jacobian", spy)
+    return seen
+
+
+def _three_class_target():
+    t = torch.zeros(C)
+    t[3], t[7], t[1] = 0.5, 0.3, 0.2
+    return t
+
+
+@pytest.mark.parametrize("method", [ForwardPassInversion, GeneralizedInversion])
+def test_distribution_residuals_do_not_grow_with_classes(wide_net, widths, method):
+    t = _three_class_target()
+    x, d = method(wide_net, input_shape=(64,)).attribute(target=t, n_samples=8, seed=0,
+                                                          return_convergence_delta=True)
+    assert widths and max(widths) <= 3  # the support's three ratios, never one per class
+    with torch.no_grad():
+        p = wide_net(x).softmax(1)
+    assert float((p - t).abs().amax()) <= 0.02
+    assert torch.allclose(d, (p.double() - t.double()).abs().amax(1), atol=1e-6)
+
+
+def test_mass_spread_over_the_rest_gets_a_guard(wide_net, widths):
+    t = torch.full((C,), 0.4 / (C - 1))
+    t[5] = 0.6  # the rest carries 0.4: no single other class may take it
+    x = ForwardPassInversion(wide_net, input_shape=(64,)).attribute(target=t, n_samples=4, seed=1)
+    assert max(widths) == 2  # one support ratio and the guard on the rest's largest class
+    with torch.no_grad():
+        p = wide_net(x).softmax(1)
+    assert float((p - t).abs().amax()) <= 0.02
+
+
+def test_small_class_count_keeps_full_residuals(widths):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 3)).eval()
+    t = torch.tensor([0.5, 0.3, 0.2])
+    x = ForwardPassInversion(net, input_shape=(16,)).attribute(target=t, n_samples=4, seed=0)
+    assert max(widths) == 3  # no reduction when it would not save a product
+    with torch.no_grad():
+        assert float((net(x).softmax(1) - t).abs().amax()) <= 0.02
