@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-__all__ = ["main", "run_demo", "run_compare", "run_reconstruct"]
+__all__ = ["main", "run_demo", "run_compare", "run_reconstruct"]  # run_invert: captum_invert.checkpoint
 
 
 def _markdown_table(rows: List[dict], cols: List[str]) -> str:
@@ -388,7 +388,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--opt-iter", type=int, default=50)
     r.add_argument("--no-handcrafted", action="store_true", help="skip LBP / HOG (scikit-image)")
     r.add_argument("--no-autoencoder", action="store_true", help="skip the autoencoder upper bound")
+    i = sub.add_parser("invert", help="invert your own model: a TorchScript file, a .pt2 program, or "
+                       "package.module:factory with --weights")
+    i.add_argument("model", help="a TorchScript file, a torch.export program (.pt2), or package.module:factory")
+    i.add_argument("--weights", default=None, help="a state dict for the package.module:factory form")
+    i.add_argument("--method", choices=["forward", "generalized", "backward"], default="generalized")
+    i.add_argument("--target", required=True,
+                   help="a class (3), a distribution over every class (0.5,0.5), or pairs (1:0.5,2:0.3,3:0.2)")
+    i.add_argument("--n-samples", type=int, default=16)
+    i.add_argument("--input-shape", default=None, help="one input without the batch dimension, e.g. 1,28,28")
+    i.add_argument("--input-range", default=None, help="the box every input stays in, e.g. 0,1")
+    i.add_argument("--min-prob", type=float, default=0.9)
+    i.add_argument("--atol", type=float, default=0.02)
+    i.add_argument("--max-iter", type=int, default=30)
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--out", default="invert_out", help="output directory")
+    i.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "invert":
+        return _invert(args)
     if args.command == "reconstruct":
         if min(args.epochs, args.n_test, args.n_opt, args.opt_iter, args.n_latency) < 1:
             parser.error("--epochs, --n-test, --n-opt, --opt-iter and --n-latency must be >= 1")
@@ -419,6 +437,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     print(Path(args.out, f"{stem}.md").read_text())
     print(f"wrote {os.path.join(args.out, figure)}, {stem}.json, {stem}.md")
+    return 0
+
+
+def _invert(args) -> int:
+    from .checkpoint import run_invert
+
+    try:
+        m = run_invert(args.model, args.out, args.target, args.method, args.weights, args.n_samples,
+                       args.input_shape, args.input_range, args.seed, args.min_prob, args.atol,
+                       args.max_iter, not args.no_progress)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"captum-invert: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # InversionError: the verified samples were written
+        print(f"captum-invert: {e}", file=sys.stderr)
+        print(f"wrote the verified samples to {args.out}", file=sys.stderr)
+        return 1
+    print(f"{m['n_verified']} of {m['n_requested']} samples verified in {m['seconds']:.2f} s "
+          f"(max delta {m['max_delta']:.4f}); wrote {os.path.join(args.out, 'samples.safetensors')}, "
+          "grid.png, metrics.json")
     return 0
 
 

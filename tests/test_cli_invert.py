@@ -1,0 +1,130 @@
+"""``captum-invert invert MODEL`` on models saved outside the project, and a light ``--help``."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from captum_invert.checkpoint import parse_target
+from captum_invert.cli import main
+
+
+class OutsideCNN(nn.Module):  # written the way a user would, nothing from the project
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.pool = nn.MaxPool2d(4)
+        self.fc = nn.Linear(6 * 7 * 7, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+
+
+def _fit(net, steps=300):
+    from captum_invert.datasets import load_dataset
+
+    x, y = load_dataset("digits", "train").tensors
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        i = torch.randint(len(x), (128,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x[i]), y[i]).backward()
+        opt.step()
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    torch.manual_seed(0)
+    return _fit(OutsideCNN())
+
+
+def _check_written(out, model, target_class=None, dist=None):
+    s = load_file(str(out / "samples.safetensors"))
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_verified"] == m["n_requested"] == len(s["inputs"]) == 6
+    with torch.no_grad():
+        p = model(s["inputs"]).softmax(1)
+    assert torch.allclose(p, s["probs"], atol=1e-5)
+    if target_class is not None:
+        assert bool((p[:, target_class] >= 0.9).all())
+    else:
+        assert float((p - dist).abs().max()) <= 0.02
+    assert bool(((s["inputs"] >= 0) & (s["inputs"] <= 1)).all())
+    assert (out / "grid.png").stat().st_size > 2000
+    return m
+
+
+def test_invert_torchscript_file(tmp_path, cnn):
+    path = tmp_path / "cnn.ts"
+    torch.jit.save(torch.jit.script(cnn), str(path))
+    out = tmp_path / "o"
+    assert main(["invert", str(path), "--target", "3", "--n-samples", "6", "--input-shape", "1,28,28",
+                 "--input-range", "0,1", "--out", str(out), "--no-progress"]) == 0
+    m = _check_written(out, cnn, target_class=3)
+    assert m["model"]["kind"] == "torchscript" and len(m["model"]["sha256"]) == 64
+
+
+def test_invert_exported_program_with_a_distribution(tmp_path, cnn):
+    path = tmp_path / "cnn.pt2"
+    ep = torch.export.export(cnn, (torch.rand(2, 1, 28, 28),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(ep, str(path))
+    out = tmp_path / "o"
+    assert main(["invert", str(path), "--method", "forward", "--target", "2:0.6,5:0.4", "--n-samples", "6",
+                 "--input-shape", "1,28,28", "--input-range", "0,1", "--out", str(out), "--no-progress"]) == 0
+    t = torch.zeros(10)
+    t[2], t[5] = 0.6, 0.4
+    m = _check_written(out, cnn, dist=t)
+    assert m["model"]["kind"] == "torch.export"
+
+
+def test_invert_factory_with_weights(tmp_path, cnn, monkeypatch):
+    (tmp_path / "usernets.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+        def make():
+            return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.SELU(), nn.Linear(32, 10))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import usernets
+
+    torch.manual_seed(1)
+    net = _fit(usernets.make())
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "w.pt")
+    out = tmp_path / "o"
+    assert main(["invert", "usernets:make", "--weights", str(tmp_path / "w.pt"), "--method", "backward",
+                 "--target", "7", "--n-samples", "6", "--input-shape", "1,28,28", "--input-range", "0,1",
+                 "--out", str(out), "--no-progress"]) == 0
+    _check_written(out, net.eval(), target_class=7)
+
+
+def test_invert_errors(tmp_path, capsys):
+    assert main(["invert", str(tmp_path / "missing.pt"), "--target", "1", "--out", str(tmp_path)]) == 2
+    assert "package.module:factory" in capsys.readouterr().err
+    bad = tmp_path / "junk.pt"
+    bad.write_bytes(b"not a model")
+    assert main(["invert", str(bad), "--target", "1", "--out", str(tmp_path)]) == 2
+    assert "neither a TorchScript file nor a torch.export program" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--target"):
+        parse_target("0.5,0.5", 3)
+    with pytest.raises(ValueError, match="out of range"):
+        parse_target("12", 10)
+    with pytest.raises(ValueError, match="sum to 1"):
+        parse_target("1:0.5,2:0.1", 10)
+    with pytest.raises(SystemExit):
+        main(["invert", "x.pt", "--method", "lbfgs", "--target", "1"])
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_do_not_import_torch(flag):
+    code = ("import sys, runpy\nsys.argv = ['captum-invert', %r]\ntry:\n"
+            "    runpy.run_module('captum_invert', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'LIGHT')" % flag)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert out.strip().endswith("LIGHT")
+    assert "invert" in out or "captum-invert 0" in out
