@@ -77,3 +77,19 @@ def test_plan_leaves_no_hooks_and_restores_mode():
     m = Residual().train()
     InversionPlan(m, X)
     assert m.training and sum(len(x._forward_pre_hooks) + len(x._forward_hooks) for x in m.modules()) == 0
+
+
+def test_plan_proves_only_boundaries_next_to_analytic_calls():
+    torch.manual_seed(0)
+    trunk = []
+    for _ in range(12):
+        trunk += [nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()]
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), *trunk, nn.Flatten(), nn.Linear(4 * 36, 16),
+                          nn.SELU(), nn.Linear(16, 5)).eval()
+    runs = [0]
+    model.register_forward_pre_hook(lambda m, i: runs.__setitem__(0, runs[0] + 1))
+    plan = InversionPlan(model, torch.randn(2, 1, 6, 6))
+    assert [b.kind for b in plan.blocks] == ["opaque", "analytic"]
+    assert plan.blocks[1].start == 25  # the Flatten: the trunk's 25 convolutions and ReLUs stay one block
+    # 30 leaf calls: every boundary proven would cost two forward passes each (~60)
+    assert runs[0] <= 12
