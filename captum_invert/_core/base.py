@@ -161,7 +161,9 @@ class InversionMethod(Attribution):
             ``nn.LogSoftmax`` (log-probabilities).
         input_shape (tuple of int, optional): shape of one input without the batch dimension.
             Default: ``forward_func.input_shape`` if present, else ``(in_features,)`` of its first
-            ``nn.Linear``.
+            ``nn.Linear``. For a model of several inputs, a tuple of shapes, e.g.
+            ``((1, 28, 28), (10,))``: the inputs are inverted jointly, ``inputs`` and the result
+            are tuples of tensors (as Captum's tuple inputs), and ``input_range`` applies to all.
     """
 
     #: run the first-order escalation (:meth:`_escalate`) of stalled solves; False restores the
@@ -171,7 +173,18 @@ class InversionMethod(Attribution):
     def __init__(self, forward_func, input_shape: Optional[Sequence[int]] = None) -> None:
         if not callable(forward_func):
             raise ValueError(f"`forward_func` must be a callable model, got {type(forward_func).__name__}")
+        from .batching import JointInputs, joint_shapes
+
         forward_func = _opaque_if_compiled(forward_func)
+        #: the shapes of a multi-input model's inputs (``input_shape`` a tuple of shapes), else None
+        self._joint_shapes = joint_shapes(input_shape)
+        if self._joint_shapes is not None:  # inverted as one flat input; attribute splits results
+            if isinstance(forward_func, CompiledModel):
+                forward_func = CompiledModel(JointInputs(forward_func.module, self._joint_shapes))
+            else:
+                forward_func = JointInputs(forward_func, self._joint_shapes)
+            input_shape = (sum(forward_func.sizes if isinstance(forward_func, JointInputs)
+                               else forward_func.module.sizes),)
         super().__init__(forward_func)
         self.input_shape, self._inferred_shape = self._infer_input_shape(forward_func, input_shape)
         self.last_stats: Dict[str, Any] = {}
