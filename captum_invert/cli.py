@@ -404,9 +404,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--out", default="invert_out", help="output directory")
     i.add_argument("--no-progress", action="store_true")
+    g = sub.add_parser("generate", help="verified inversions of every target into shards, resumable; "
+                       "runs under torchrun as N ranks")
+    g.add_argument("model", help="a TorchScript file, a torch.export program (.pt2), or package.module:factory")
+    g.add_argument("--weights", default=None, help="a state dict for the package.module:factory form")
+    g.add_argument("--method", choices=["forward", "generalized", "backward"], default="generalized")
+    g.add_argument("--targets", required=True, help="classes (0-9 or 1,3,7) or a .pt / .json file of distributions")
+    g.add_argument("--n-per-target", type=int, required=True)
+    g.add_argument("--shard-size", type=int, default=64)
+    g.add_argument("--input-shape", default=None, help="one input without the batch dimension, e.g. 1,28,28")
+    g.add_argument("--input-range", default=None, help="the box every input stays in, e.g. 0,1")
+    g.add_argument("--min-prob", type=float, default=0.9)
+    g.add_argument("--atol", type=float, default=0.02)
+    g.add_argument("--max-iter", type=int, default=30)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    g.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
+    g.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "invert":
         return _invert(args)
+    if args.command == "generate":
+        return _generate(args)
     if args.command == "reconstruct":
         if min(args.epochs, args.n_test, args.n_opt, args.opt_iter, args.n_latency) < 1:
             parser.error("--epochs, --n-test, --n-opt, --opt-iter and --n-latency must be >= 1")
@@ -437,6 +456,28 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     print(Path(args.out, f"{stem}.md").read_text())
     print(f"wrote {os.path.join(args.out, figure)}, {stem}.json, {stem}.md")
+    return 0
+
+
+def _generate(args) -> int:
+    from .checkpoint import _shape
+    from .generation import ManifestError, generate
+
+    try:
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        m = generate(args.model, args.out, args.targets, args.n_per_target, args.method, args.shard_size,
+                     args.seed, _shape(args.input_range, "--input-range", 2, float),
+                     _shape(args.input_shape, "--input-shape"), args.weights, args.min_prob, args.atol,
+                     args.max_iter, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, ImportError, ManifestError) as e:
+        print(f"captum-invert: error: {e}", file=sys.stderr)
+        return 2
+    if "complete" in m:
+        print(f"{m['n_samples']} verified samples in {len(m['shards'])} shards ({m['failed']} failed); "
+              f"wrote {os.path.join(args.out, 'manifest.json')}")
     return 0
 
 

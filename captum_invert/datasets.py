@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-__all__ = ["load_digits", "load_mnist", "load_mnist_idx", "split", "load_dataset", "DATA_ENV"]
+__all__ = ["load_digits", "load_mnist", "load_mnist_idx", "split", "load_dataset", "DATA_ENV", "InversionDataset"]
 
 #: Environment variable naming a directory of MNIST IDX files (used by the CLI and tests).
 DATA_ENV = "CAPTUM_INVERT_MNIST"
@@ -201,3 +201,39 @@ def load_dataset(name: str = "digits", which: str = "train", data_root=None) -> 
     if (root / "MNIST" / "raw").is_dir():
         root = root / "MNIST" / "raw"
     return load_mnist_idx(root, which)
+
+
+class InversionDataset(torch.utils.data.Dataset):
+    """The samples of a complete :func:`~captum_invert.generate` run, read back as a torch
+    Dataset of ``(input, target)`` pairs (``target`` an int64 class, or a ``(C,)`` float64
+    distribution), in shard order.
+
+    Args:
+        root (str or Path): the run's directory (with ``manifest.json``).
+        verify (bool): check every shard's sha256 against the manifest first (a corrupted or
+            missing shard is a :class:`~captum_invert.generation.ManifestError`).
+
+    Attributes:
+        manifest (dict): the run's manifest.
+        inputs (Tensor): ``(N, *input_shape)``.
+        targets (Tensor): ``(N,)`` or ``(N, C)``.
+        probs (Tensor): ``(N, C)``, the model's probabilities on each input.
+    """
+
+    def __init__(self, root, verify: bool = True) -> None:
+        from safetensors.torch import load_file
+
+        from .generation import read_manifest, verify_shards
+
+        self.root = Path(root)
+        self.manifest = verify_shards(root) if verify else read_manifest(root)
+        parts = [load_file(str(self.root / r["file"])) for r in self.manifest["shards"]]
+        self.inputs = torch.cat([p["inputs"] for p in parts])
+        self.targets = torch.cat([p["targets"] for p in parts])
+        self.probs = torch.cat([p["probs"] for p in parts])
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i):
+        return self.inputs[i], self.targets[i]

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from captum_invert.datasets import DATA_ENV, load_digits, load_mnist_idx
 from captum_invert.models import seed_fcnn, train
@@ -53,3 +54,35 @@ def small_vit(digits):
 
     return train(vit_mnist(embed_dim=48, depth=2, num_heads=3), digits[0],
                  TrainConfig(epochs=20, lr=1e-3, optimizer="adamw"), progress=False)
+
+
+class OutsideCNN(nn.Module):  # written the way a user would, nothing from the project
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.pool = nn.MaxPool2d(4)
+        self.fc = nn.Linear(6 * 7 * 7, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+
+
+def fit_on_digits(net, steps=300):
+    from captum_invert.datasets import load_dataset
+
+    x, y = load_dataset("digits", "train").tensors
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        i = torch.randint(len(x), (128,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x[i]), y[i]).backward()
+        opt.step()
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def outside_cnn():
+    """A small ReLU/MaxPool CNN written outside the project, trained briefly on the digits."""
+    torch.manual_seed(0)
+    return fit_on_digits(OutsideCNN())

@@ -1,7 +1,5 @@
 """``captum-invert invert MODEL`` on models saved outside the project, and a light ``--help``."""
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -12,36 +10,7 @@ from torch import nn
 from captum_invert.checkpoint import parse_target
 from captum_invert.cli import main
 
-
-class OutsideCNN(nn.Module):  # written the way a user would, nothing from the project
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 6, 3, padding=1)
-        self.pool = nn.MaxPool2d(4)
-        self.fc = nn.Linear(6 * 7 * 7, 10)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
-
-
-def _fit(net, steps=300):
-    from captum_invert.datasets import load_dataset
-
-    x, y = load_dataset("digits", "train").tensors
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        i = torch.randint(len(x), (128,), generator=g)
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(x[i]), y[i]).backward()
-        opt.step()
-    return net.eval()
-
-
-@pytest.fixture(scope="module")
-def cnn():
-    torch.manual_seed(0)
-    return _fit(OutsideCNN())
+from .conftest import fit_on_digits as _fit
 
 
 def _check_written(out, model, target_class=None, dist=None):
@@ -58,6 +27,11 @@ def _check_written(out, model, target_class=None, dist=None):
     assert bool(((s["inputs"] >= 0) & (s["inputs"] <= 1)).all())
     assert (out / "grid.png").stat().st_size > 2000
     return m
+
+
+@pytest.fixture(scope="module")
+def cnn(outside_cnn):
+    return outside_cnn
 
 
 def test_invert_torchscript_file(tmp_path, cnn):
@@ -118,13 +92,3 @@ def test_invert_errors(tmp_path, capsys):
         parse_target("1:0.5,2:0.1", 10)
     with pytest.raises(SystemExit):
         main(["invert", "x.pt", "--method", "lbfgs", "--target", "1"])
-
-
-@pytest.mark.parametrize("flag", ["--help", "--version"])
-def test_help_and_version_do_not_import_torch(flag):
-    code = ("import sys, runpy\nsys.argv = ['captum-invert', %r]\ntry:\n"
-            "    runpy.run_module('captum_invert', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "print('TORCH' if 'torch' in sys.modules else 'LIGHT')" % flag)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
-    assert out.strip().endswith("LIGHT")
-    assert "invert" in out or "captum-invert 0" in out

@@ -206,7 +206,7 @@ class InversionMethod(Attribution):
         for attr in ("pretrained_cfg", "default_cfg"):  # timm models declare their input size
             cfg = getattr(model, attr, None)
             if isinstance(cfg, dict) and cfg.get("input_size"):
-                return tuple(int(v) for v in cfg["input_size"]), f"the model's {attr}['input_size']"
+                return _timm_shape(model, tuple(int(v) for v in cfg["input_size"])), f"the model's {attr}['input_size']"
         if isinstance(model, nn.Module):
             for m in model.modules():
                 if isinstance(m, nn.Linear):
@@ -870,6 +870,23 @@ def _phased_lm(res, done, reach, x0: Tensor, max_iter: int, bounds) -> LMResult:
     sol = levenberg_marquardt(res, x1, max_iter=max_iter, done_fn=done, bounds=bounds, has_aux=True)
     sol.n_iter = sol.n_iter + first.n_iter
     return sol
+
+
+def _timm_shape(model, shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """timm's ``pretrained_cfg['input_size']`` is the pretrained weights' size; a model created
+    with other ``in_chans`` or ``img_size`` keeps it. Correct it from the model itself: the
+    channels of the first convolution, and a patch embedding's ``img_size``."""
+    if len(shape) != 3 or not isinstance(model, nn.Module):
+        return shape
+    c, h, w = shape
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if isinstance(size, (tuple, list)) and len(size) == 2:
+        h, w = int(size[0]), int(size[1])
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            c = m.in_channels
+            break
+    return c, h, w
 
 
 def solver_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -50,6 +50,18 @@ def test_guessed_input_shape_says_to_pass_input_shape():
     assert ForwardPassInversion(conv).input_shape == (1, 28, 28)
 
 
+def test_timm_input_size_follows_in_chans_and_img_size():
+    import timm
+
+    # pretrained_cfg keeps the pretrained weights' (3, 224, 224) whatever the model was built with
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, in_chans=1, img_size=32,
+                            patch_size=8, depth=1, embed_dim=32, num_heads=2)
+    assert vit.pretrained_cfg["input_size"] == (3, 224, 224)
+    assert ForwardPassInversion(vit).input_shape == (1, 32, 32)
+    cnn = timm.create_model("resnet10t", pretrained=False, num_classes=4, in_chans=2)
+    assert ForwardPassInversion(cnn).input_shape == (2, *cnn.pretrained_cfg["input_size"][1:])
+
+
 def test_zero_input_gradient_is_named_without_retries():
     m = nn.Sequential(nn.Flatten(), nn.Linear(16, 3), _Round())
     inv = ForwardPassInversion(m, input_shape=(16,))
