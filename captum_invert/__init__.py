@@ -21,7 +21,7 @@ _WHERE = {
     "PixelImportance": "._core.baselines", "PseudoInverseInversion": "._core.baselines",
     "TopBottomFilter": "._core.baselines", "stability_report": "._core.baselines",
     "InversionPlan": ".blocks.plan", "register_activation": ".blocks",
-    "generate": ".generation",
+    "generate": ".generation", "harden": ".hardening",
 }
 _MODULES = ("priors", "metrics", "visualization", "datasets", "models", "blocks", "solvers", "features")
 

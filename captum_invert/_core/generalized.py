@@ -72,7 +72,7 @@ class GeneralizedInversion(InversionMethod):
             dtype, device = self._model_dtype_device()
             g = torch.Generator().manual_seed(0)
             ex = torch.randn((2, *self.input_shape), generator=g).to(dtype=dtype, device=device)
-            self._plan = InversionPlan(self.forward_func, ex, self.split_points)
+            self._plan = InversionPlan(self.forward_func, ex, self.split_points, ends_only=True)
         return self._plan
 
     @batched_attribute

@@ -215,6 +215,10 @@ class InversionPlan:
         split_points (sequence of str, optional): module names where blocks must start; each
             must pass the same proof (a ``ValueError`` names the one that does not).
         rtol (float): tolerance of the proofs.
+        ends_only (bool): prove only the boundaries of the leading and trailing runs of analytic
+            calls (what GeneralizedInversion uses: an analytic head and tail around one opaque
+            middle); analytic calls in the middle (e.g. an EfficientNet's BatchNorms) stay
+            inside the opaque block.
 
     Attributes:
         blocks (list of Block): from input to output.
@@ -222,7 +226,8 @@ class InversionPlan:
         n_proofs (int): boundaries proven (two forward passes each).
     """
 
-    def __init__(self, model: nn.Module, example: Tensor, split_points=None, rtol: float = 1e-4) -> None:
+    def __init__(self, model: nn.Module, example: Tensor, split_points=None, rtol: float = 1e-4,
+                 ends_only: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError("`model` must be an nn.Module to be planned")
         self.model = model
@@ -243,6 +248,10 @@ class InversionPlan:
                                      f"executed: {', '.join(names)}")
                 forced.append(names.index(sp))
             kinds = [_is_analytic(c, j == n - 1) for j, c in enumerate(self.calls)]
+            if ends_only and not all(kinds):
+                first = kinds.index(False)
+                last = n - 1 - kinds[::-1].index(False)
+                kinds = [k and (j < first or j > last) for j, k in enumerate(kinds)]
             ok_split = [True] + [False] * (n - 1)
             captured = [None] * n
             self.n_proofs = 0
@@ -267,7 +276,7 @@ class InversionPlan:
             segs = []
             for a, b in zip(bounds[:-1], bounds[1:]):
                 calls = self.calls[a:b]
-                analytic = all(_is_analytic(c, j == n - 1) for j, c in zip(range(a, b), calls))
+                analytic = all(kinds[j] for j in range(a, b))
                 if analytic:
                     with torch.no_grad():
                         h = captured[a]

@@ -24,9 +24,9 @@ def five(digits, digit_nets, small_vit):
 
 @pytest.mark.parametrize("name,kinds", [
     ("fcnn6", ["analytic"]),
-    ("vit", ["opaque", "analytic", "opaque", "analytic"]),
+    ("vit", ["opaque", "analytic"]),  # the plan proves only the head's and the tail's boundaries
     ("cnn", ["opaque", "analytic"]),
-    ("relu", ["analytic", "opaque", "analytic", "opaque", "analytic"]),
+    ("relu", ["analytic", "opaque", "analytic"]),
     ("residual", ["analytic", "opaque", "analytic"]),
 ])
 def test_every_class_verifies_on_five_models(five, name, kinds):

@@ -93,3 +93,14 @@ def test_plan_proves_only_boundaries_next_to_analytic_calls():
     assert plan.blocks[1].start == 25  # the Flatten: the trunk's 25 convolutions and ReLUs stay one block
     # 30 leaf calls: every boundary proven would cost two forward passes each (~60)
     assert runs[0] <= 12
+
+
+def test_ends_only_keeps_middle_analytic_calls_in_the_opaque_block():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                          nn.Linear(16, 4)).eval()
+    x = torch.randn(2, 16)
+    assert InversionPlan(model, x).kinds == ["analytic", "opaque", "analytic", "opaque", "analytic"]
+    plan = InversionPlan(model, x, ends_only=True)
+    assert plan.kinds == ["analytic", "opaque", "analytic"]
+    assert [c.name for c in plan.blocks[1].calls] == ["2", "3", "4"]
