@@ -225,6 +225,7 @@ def generate(model, out, targets, n_per_target: int, method: str = "generalized"
         _barrier(world)
         if rank != 0 and json.loads((outp / CONFIG).read_text()) != config:
             raise ManifestError(f"rank {rank}: the arguments differ from rank 0's")
+        t_start = time.perf_counter()
         shards = _plan_shards(n_t, n_per_target, shard_size)
         mine = [i for i in range(len(shards)) if i % world == rank]
         records = {}
@@ -284,8 +285,8 @@ def generate(model, out, targets, n_per_target: int, method: str = "generalized"
         _barrier(world)
         if rank != 0:
             return {"rank": rank, "shards": mine}
-        manifest = _write_manifest(outp, config, shards, tg, n_per_target, is_dist)
-        return manifest
+        return _write_manifest(outp, config, shards, tg, n_per_target, is_dist,
+                               round(time.perf_counter() - t_start, 3), world)
     finally:
         if owned:
             import torch.distributed as dist
@@ -299,7 +300,8 @@ def hash_seed(seed: int, shard: int, attempt: int) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def _write_manifest(outp: Path, config: dict, shards, tg, n_per_target: int, is_dist: bool) -> dict:
+def _write_manifest(outp: Path, config: dict, shards, tg, n_per_target: int, is_dist: bool,
+                    seconds: float, world: int) -> dict:
     from safetensors import safe_open
 
     from . import __version__
@@ -320,6 +322,8 @@ def _write_manifest(outp: Path, config: dict, shards, tg, n_per_target: int, is_
         failed += fail
     manifest = {"complete": True, "n_samples": total, "failed": failed, "shards": recs,
                 "model_sha256": config["model_sha256"], "arguments": config, "captum_invert": __version__,
+                # this invocation's shard loop (a resumed run counts only what it made)
+                "seconds": seconds, "world_size": world,
                 "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _atomic_write_bytes(outp / MANIFEST, json.dumps(manifest, indent=2).encode())
     return manifest
