@@ -112,7 +112,7 @@ def _join(inputs, shapes) -> Tensor:
         got = (tuple(tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in inputs)
                if isinstance(inputs, (tuple, list)) else type(inputs).__name__)
         raise ValueError(f"`inputs` must be a tuple of {len(shapes)} tensors of shapes {want}, got {got}")
-    dt = torch.promote_types(*[t.dtype for t in inputs]) if len(inputs) > 1 else inputs[0].dtype
+    dt = functools.reduce(torch.promote_types, [t.dtype for t in inputs])
     return torch.cat([t.reshape(len(t), -1).to(dt) for t in inputs], 1)
 
 
