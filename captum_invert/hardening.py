@@ -183,7 +183,7 @@ def _accuracy(model, data: TensorDataset) -> float:
     return accuracy(model, data)
 
 
-def harden(model: nn.Module, dataset: TensorDataset, judge: Optional[nn.Module] = None, rounds: int = 2,
+def harden(model: nn.Module, dataset: TensorDataset, judge: Optional[nn.Module] = None, rounds: int = 3,
            per_class: int = 64, method: str = "forward", input_range=(0.0, 1.0), epochs: int = 2,
            lr: float = 5e-4, batch_size: int = 128, weight: float = 1.0, eval_data: Optional[TensorDataset] = None,
            attack_per_class: int = 10, adam_steps: int = 400, seed: int = 0, workdir=None,
