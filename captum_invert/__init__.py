@@ -20,7 +20,7 @@ _WHERE = {
     "ExactInversion": "._core.baselines", "MiddleFilter": "._core.baselines",
     "PixelImportance": "._core.baselines", "PseudoInverseInversion": "._core.baselines",
     "TopBottomFilter": "._core.baselines", "stability_report": "._core.baselines",
-    "InversionPlan": ".blocks.plan", "register_activation": ".blocks",
+    "InversionPlan": ".blocks.plan", "register_activation": ".blocks", "PreimageRegion": "._core.region",
     "generate": ".generation", "harden": ".hardening",
 }
 _MODULES = ("priors", "metrics", "visualization", "datasets", "models", "blocks", "solvers", "features")

@@ -11,14 +11,25 @@ from torch import Tensor, nn
 
 from ..blocks.activations import ElementwiseInverse, get_inverse, interior, registered_types
 from ..blocks.linear import LinearInverse, linear_inverse
+from ..blocks.piecewise import LP_MAX_ENTRIES, constraint_count, linearize, lp_fits, split_piecewise
 from ..blocks.plan import LeafTrace, model_mode_guard
 from .diagnosis import check_reference
 from .batching import batched_attribute
 from .base import (
     Goal, InversionMethod, count_reasons, make_generator, random_starts,
 )
+from .region import PreimageRegion, assemble, box_rows, class_rows, dist_rows
 
 __all__ = ["BackwardPassInversion"]
+
+
+@dataclass
+class _LP:
+    """A piecewise-linear trunk (linearized per anchor) and, on mixed nets, the analytic head
+    above it."""
+    trunk: list
+    head: Optional["_Chain"]
+    n_rows: int
 
 _Elem = Tuple[str, nn.Module, ElementwiseInverse]
 _NOT_INVERTIBLE_HINT = {
@@ -194,12 +205,28 @@ class BackwardPassInversion(InversionMethod):
     cannot reach every target; no null-space noise is added above the lowest of them, so the
     anchor's output is kept exactly.
 
+    **Piecewise-linear nets** (ReLU, Hardtanh/ReLU6, MaxPool, Conv, AvgPool, BatchNorm2d: the
+    modules an analytic inverse does not exist for) are inverted by linear programming, the
+    seed paper's stated next step. From each anchor (step 2) the net is fixed to its activation
+    pattern and becomes affine; the inputs that keep the pattern and satisfy a linear sufficient
+    form of the goal form a :class:`~captum_invert.PreimageRegion`, every point of which verifies.
+    Its Chebyshev centre comes from one linear program (HiGHS, through
+    ``scipy.optimize.linprog``); the sample is a hit-and-run point of the region (``spread``).
+    On mixed nets (a ReLU trunk under a SELU head) the head is inverted analytically from the
+    anchor, with its null-space noise, and the region keeps the head's input at that value.
+    :meth:`region` returns the region itself. The dense constraint matrix limits the size:
+    ``d`` inputs times (units + pool pairs + ``2 d``) rows at most ``LP_MAX_ENTRIES`` (2e8
+    float64 entries, 1.6 GB): a 28x28 CNN of a few thousand units fits, a 3x224x224 net does not
+    (a ``ValueError`` points to GeneralizedInversion, whose LM handles it).
+
     Args:
         forward_func (nn.Module): a chain of ``Flatten``, ``Linear``, registered activations
             (SELU, LeakyReLU, ELU, CELU, PReLU, Tanh, Sigmoid, Softplus, Identity), ``Dropout``
             and ``BatchNorm1d`` (run in eval mode), optionally ending in ``Softmax`` or
-            ``LogSoftmax``. Anything else (ReLU included) raises a ``ValueError`` pointing to
-            :class:`~captum_invert.ForwardPassInversion`.
+            ``LogSoftmax``; below them, optionally a piecewise-linear trunk (Linear, Conv1d/2d,
+            ReLU, LeakyReLU, Hardtanh/ReLU6, MaxPool1d/2d, AvgPool, AdaptiveAvgPool2d,
+            BatchNorm). Anything else (GELU, attention, a residual addition) raises a
+            ``ValueError`` pointing to :class:`~captum_invert.ForwardPassInversion`.
         input_shape (tuple of int, optional): shape of one input; see
             :class:`~captum_invert._core.base.InversionMethod`.
     """
@@ -359,6 +386,7 @@ class BackwardPassInversion(InversionMethod):
         return_convergence_delta: bool = False,
         allow_unverified: bool = False,
         reference=None,
+        spread: float = 1.0,
     ):
         r"""Generate inputs that the model maps to ``target``.
 
@@ -390,6 +418,10 @@ class BackwardPassInversion(InversionMethod):
                 ``(inputs, labels)``, e.g. a sample of the training set. Used only when samples
                 fail: the :class:`~captum_invert.InversionError`'s diagnosis then says how many
                 of them (of the target's class) reach the target.
+            spread (float): piecewise-linear nets only: in ``[0, 1]``, how far from the
+                region's Chebyshev centre towards a uniform point of the region each sample
+                lies (see :meth:`PreimageRegion.sample`). The regions are kept in
+                ``self.last_regions`` (one per sample, None where no sample verified).
 
         Returns:
             Tensor or (Tensor, Tensor): inputs ``(N, *input_shape)`` in the model's dtype and
@@ -414,10 +446,184 @@ class BackwardPassInversion(InversionMethod):
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
             tail = self._output_tail(trace)
             self._check_reachable(goal, tail, "BackwardPassInversion", allow_unverified)
+            lp = self._lp_setup(trace, cond_num, margin)
+            if lp is not None:
+                if not 0.0 <= float(spread) <= 1.0:
+                    raise ValueError(f"`spread` must be in [0, 1], got {spread}")
+                return self._run_lp(lp, kind, goal, std, gen, input_range, max_iter, max_retries, init_std,
+                                    inputs, spread, return_convergence_delta, allow_unverified, tail, reference)
             chain = self._chain(trace, cond_num)
             chain.set_boxes(margin, input_range)
             return self._run(chain, kind, goal, std, gen, input_range, max_iter, max_retries,
                              init_std, inputs, return_convergence_delta, allow_unverified, tail, reference)
+
+    # --- piecewise-linear nets: linear programming ------------------------------------------
+    def _lp_setup(self, trace: LeafTrace, cond_num: float, margin: float) -> Optional[_LP]:
+        """The LP plan of a model with piecewise-linear modules, or None (a plain chain)."""
+        calls = list(trace.calls)
+        if calls and isinstance(calls[-1].module, (nn.Softmax, nn.LogSoftmax)):
+            calls = calls[:-1]
+        split = split_piecewise(calls)
+        if split is None:
+            return None
+        if not trace.composes:
+            raise ValueError(
+                f"BackwardPassInversion needs a model that is a chain of modules, but running the leaf "
+                f"modules that {type(self.forward_func).__name__} executes, in order, does not reproduce its "
+                "output (functional code such as F.relu or a residual addition in forward()?). Use "
+                "GeneralizedInversion or ForwardPassInversion, which work on any differentiable model.")
+        trunk, rest = split
+        plain = (nn.Linear, nn.Flatten, nn.Identity, nn.Dropout)
+        head = None
+        if all(isinstance(c.module, plain) for c in rest):
+            trunk = trunk + rest  # the logits are affine on each region: one LP block
+        else:
+            _, device = self._model_dtype_device()
+            head = build_chain(rest, cond_num, device, "BackwardPassInversion")
+            head.set_boxes(margin, None)
+        d = math.prod(self.input_shape)
+        rows = constraint_count(trunk) + 2 * d
+        if not lp_fits(trunk, d):
+            raise ValueError(
+                f"the piecewise-linear part of this model is too large for the dense linear program: {d} "
+                f"inputs x {rows} constraint rows ({d * rows:.3g} float64 entries; the limit is "
+                f"{LP_MAX_ENTRIES:.3g}). Use GeneralizedInversion or ForwardPassInversion, whose "
+                "Levenberg-Marquardt solver needs no constraint matrix.")
+        return _LP(trunk, head, rows)
+
+    def _region_at(self, lp: _LP, anchor: Tensor, goal: Goal, input_range, std: float, gen):
+        """The region around one anchor: ``(PreimageRegion, '')`` or ``(None, reason)``."""
+        shape = self.input_shape
+        lin = linearize(lp.trunk, anchor.reshape(shape))
+        af = anchor.reshape(-1).to(torch.float64)
+        lo, hi = (None, None) if input_range is None else input_range
+        box = ("box",) + box_rows(len(af), lo, hi, af)
+        if lp.head is None:
+            if goal.labels is not None:
+                rows = class_rows(lin, af, int(goal.labels[0]), goal.min_prob)
+            else:
+                rows = dist_rows(lin, af, goal.dist[0], goal.atol)
+                if rows is None:
+                    return None, "the anchor is not within atol of the target distribution"
+            reg = assemble(lin, [("class", *rows), box], shape, af)
+            c, r = reg.chebyshev_ball()
+            if c is None or not r > 0:
+                return None, ("the anchor's activation pattern holds no ball of inputs that reach the "
+                              f"target (linear program: {reg.lp_message}; radius {r:.3g})")
+            return reg, ""
+        head = lp.head
+        h_a = (lin.G @ af + lin.h)[None]
+        refs, y_out = head.forward64(h_a.to(head.device))
+        one = torch.ones(1, dtype=torch.float64, device=head.device)
+        msg = ""
+        for s in (1.0, 0.25, 0.0625, 0.0):
+            hs, bad, why = self._walk(head, y_out, refs, one * s, std, gen, None)
+            if bool(bad.any()):
+                msg = why[0]
+                continue
+            hs = hs[0].to(torch.float64).cpu()
+            if head.pre:  # the trunk's output itself is fixed
+                E, f = lin.G, hs - lin.h
+            else:  # the input of the head's first Linear is fixed
+                W = head.layers[0].inv.weight.to(torch.float64).cpu()
+                E, f = W @ lin.G, W @ (hs - lin.h)
+            reg = assemble(lin, [box], shape, af, E, f)
+            c, r = reg.chebyshev_ball()
+            if c is not None and r > 0:
+                return reg, ""
+            msg = (f"no ball of the anchor's activation pattern maps to the analytic head's preimage "
+                   f"(linear program: {reg.lp_message})")
+        return None, msg
+
+    def _run_lp(self, lp: _LP, kind, goal: Goal, std, gen, input_range, max_iter, max_retries, init_std,
+                inputs, spread, return_delta, allow_unverified, tail, reference):
+        dtype, device = self._model_dtype_device()
+        N, shape = goal.n, self.input_shape
+        x = torch.zeros((N, *shape), dtype=dtype, device=device)
+        ok = torch.zeros(N, dtype=torch.bool)
+        delta = torch.ones(N, dtype=torch.float64)
+        why = [""] * N
+        regions: List[Optional[PreimageRegion]] = [None] * N
+        # distribution anchors aim at half the tolerance: the rest is the region's room
+        anchor_goal = goal if goal.dist is None else Goal(None, goal.dist, goal.n_classes, goal.min_prob,
+                                                          goal.atol / 2)
+        stats = self.last_stats = {"route": "lp", "anchors": 0, "regions": 0, "retries": 0}
+        for attempt in range(max_retries + 1):
+            todo = (~ok).nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            stats["retries"] = attempt
+            if attempt == 0 and inputs is not None:
+                x0 = inputs[todo].detach()
+            else:
+                x0 = random_starts(len(todo), shape, input_range, gen, init_std, dtype, device)
+            sol, found, _, _ = self._solve_to_goal(x0, anchor_goal.subset(todo), kind, max_iter, input_range,
+                                                   tail=tail)
+            stats["anchors"] += int(found.sum())
+            for j, i in enumerate(todo.tolist()):
+                if not found[j]:
+                    why[i] = (f"the Levenberg-Marquardt anchor solve did not reach the target in {max_iter} "
+                              f"iterations from {max_retries + 1} random start(s)")
+                    continue
+                gi = goal.subset(torch.tensor([i]))
+                reg, reason = self._region_at(lp, sol.x[j].detach().cpu(), gi, input_range, std, gen)
+                if reg is None:
+                    why[i] = reason
+                    continue
+                stats["regions"] += 1
+                xs = reg.sample(1, gen, spread).to(dtype=dtype, device=device)
+                ok_s, d_s, _ = self._verify(xs, gi, kind, input_range)
+                x[i], delta[i] = xs[0], d_s[0]
+                if bool(ok_s[0]):
+                    ok[i], why[i], regions[i] = True, "", reg
+                else:
+                    why[i] = "a point of the region did not verify on the model (rounding beyond the spare)"
+        self.last_regions = regions
+        return self._finish(x, ok, delta, count_reasons([w if not o else "" for w, o in zip(why, ok.tolist())]),
+                            allow_unverified, return_delta, "BackwardPassInversion", goal, kind, input_range,
+                            reference)
+
+    def region(self, target, seed=None, input_range: Optional[Tuple[float, float]] = None,
+               inputs: Optional[Tensor] = None, min_prob: float = 0.9, atol: float = 0.02,
+               std: float = 0.1, cond_num: float = 100.0, margin: float = 0.05, max_iter: int = 50,
+               max_retries: int = 3, init_std: float = 0.1) -> PreimageRegion:
+        r"""A certified preimage region of a piecewise-linear net: a polytope of inputs, every
+        point of which the model maps to ``target``.
+
+        The anchor is a Levenberg-Marquardt root from ``inputs`` (or a random start); see
+        :class:`~captum_invert.PreimageRegion` for the rows and the guarantee.
+
+        Args:
+            target (int or Tensor): a class index, or a distribution ``(C,)``.
+            seed (int or torch.Generator, optional): reproducibility.
+            input_range (tuple, optional): ``(lo, hi)``: the box is part of the region.
+            inputs (Tensor, optional): ``(1, *input_shape)`` or ``input_shape``: the anchor's start.
+            min_prob, atol, std, cond_num, margin, max_iter, max_retries, init_std: as in
+                :meth:`attribute`.
+
+        Returns:
+            PreimageRegion
+
+        Raises:
+            ValueError: the model has no piecewise-linear module (its back-pass is analytic and
+                the preimage of one output is an affine set, not a polytope), or a bad argument.
+            InversionError: no anchor gave a region.
+        """
+        if isinstance(target, (list, tuple)) or (isinstance(target, Tensor) and target.dim() > 1):
+            raise ValueError("`target` of region() must be one class index or one distribution (C,)")
+        if inputs is not None:
+            inputs = inputs.reshape(1, *self.input_shape) if inputs.dim() == len(self.input_shape) else inputs
+            if len(inputs) != 1:
+                raise ValueError(f"`inputs` of region() must hold one start, got {len(inputs)}")
+        with model_mode_guard(self.forward_func):
+            _, _, trace = self._probe()
+            if trace is None or self._lp_setup(trace, cond_num, margin) is None:
+                raise ValueError("region() needs a model with piecewise-linear modules (ReLU, MaxPool, Conv, ...); "
+                                 "this model is an analytic chain, whose preimage of a point is an affine set: "
+                                 "use attribute()")
+        self.attribute(inputs, target, 1, std, cond_num, seed, input_range, min_prob, atol, margin, max_iter,
+                       max_retries, init_std)
+        return self.last_regions[0]
 
     def _run(self, chain, kind, goal: Goal, std, gen, input_range, max_iter, max_retries,
              init_std, inputs, return_delta, allow_unverified, tail, reference=None):

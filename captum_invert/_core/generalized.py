@@ -45,8 +45,10 @@ class GeneralizedInversion(InversionMethod):
       analytically with null-space noise, exactly as in
       :class:`~captum_invert.BackwardPassInversion` (including ``input_range``).
 
-    Analytic blocks inside the middle are run as part of it. A model that is one analytic block
-    is handed to :class:`~captum_invert.BackwardPassInversion`. The whole model verifies every
+    Analytic blocks inside the middle are run as part of it. A model that is one analytic block,
+    or a piecewise-linear chain (the plan's ``analytic (LP)`` block, with an optional analytic
+    tail), is handed to :class:`~captum_invert.BackwardPassInversion`, which inverts it by
+    linear programming and returns certified regions (``last_regions``). The whole model verifies every
     returned sample; failures are restarted from new random points, then
     :class:`~captum_invert.InversionError`.
 
@@ -147,7 +149,9 @@ class GeneralizedInversion(InversionMethod):
             blocks = None if compiled else self.plan.blocks
             tgt = goal.labels.tolist() if goal.labels is not None else goal.dist
             binary = kind.startswith("binary")
-            if compiled or (prior is not None or binary) and len(blocks) == 1 and blocks[0].kind == "analytic":
+            one_analytic = not compiled and len(blocks) == 1 and blocks[0].kind == "analytic"
+            lp_route = not compiled and blocks[0].kind == "lp"
+            if compiled or (prior is not None or binary) and (one_analytic or lp_route):
                 inv = ForwardPassInversion(self.forward_func, self.input_shape)
                 out = inv.attribute(inputs, tgt, None, max_iter, input_range, min_prob, atol, gen,
                                     init_std, max_retries, prior=prior,
@@ -155,7 +159,7 @@ class GeneralizedInversion(InversionMethod):
                                     allow_unverified=allow_unverified, reference=reference)
                 self.last_stats = {"route": "forward_pass", **inv.last_stats}
                 return out
-            if len(blocks) == 1 and blocks[0].kind == "analytic":
+            if one_analytic or lp_route:
                 inv = BackwardPassInversion(self.forward_func, self.input_shape)
                 out = inv.attribute(inputs, tgt, None, std, cond_num, gen, input_range, min_prob, atol, margin,
                                     max_iter, max_retries, init_std,

@@ -7,6 +7,7 @@ says whether that composition is exact (``composes``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
@@ -179,7 +180,9 @@ class Block:
     """A run of executed leaf modules inverted one way.
 
     Attributes:
-        kind (str): ``'analytic'`` (back-pass) or ``'opaque'`` (Levenberg-Marquardt).
+        kind (str): ``'analytic'`` (back-pass), ``'lp'`` (piecewise-linear: linear programming on
+            each activation pattern; printed as ``analytic (LP)``) or ``'opaque'``
+            (Levenberg-Marquardt).
         start, stop (int): indices into the trace's calls, ``[start, stop)``.
         calls (list of LeafCall): the modules.
         in_shape, out_shape (tuple): shapes of the block's input and output (batch first).
@@ -219,6 +222,11 @@ class InversionPlan:
             calls (what GeneralizedInversion uses: an analytic head and tail around one opaque
             middle); analytic calls in the middle (e.g. an EfficientNet's BatchNorms) stay
             inside the opaque block.
+        lp (bool): a chain (no functional code) of piecewise-linear modules (Linear, Conv,
+            ReLU, MaxPool, AvgPool, BatchNorm, ...) below an optional analytic tail becomes one
+            ``'lp'`` block, inverted by linear programming, when its dense constraint matrix
+            fits (:data:`~captum_invert.blocks.piecewise.LP_MAX_ENTRIES`); False keeps the
+            analytic/opaque split.
 
     Attributes:
         blocks (list of Block): from input to output.
@@ -227,7 +235,7 @@ class InversionPlan:
     """
 
     def __init__(self, model: nn.Module, example: Tensor, split_points=None, rtol: float = 1e-4,
-                 ends_only: bool = False) -> None:
+                 ends_only: bool = False, lp: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError("`model` must be an nn.Module to be planned")
         self.model = model
@@ -295,6 +303,30 @@ class InversionPlan:
                 Block(k, a, b, self.calls[a:b], self.calls[a].in_shape, self.calls[b - 1].out_shape)
                 for a, b, k in merged
             ]
+            if lp and trace.composes and not forced:
+                self._mark_lp(math.prod(example.shape[1:]), kinds)
+
+    def _mark_lp(self, d: int, kinds) -> None:
+        """A chain whose modules below its analytic tail are all piecewise-linear becomes one LP
+        block (plus that tail), when its dense LP fits."""
+        from .piecewise import lp_fits, split_piecewise
+
+        calls = self.calls
+        end = len(calls) - 1 if isinstance(calls[-1].module, (nn.Softmax, nn.LogSoftmax)) else len(calls)
+        try:
+            split = split_piecewise(calls[:end])
+        except ValueError:
+            return
+        if split is None or not lp_fits(split[0], d):
+            return
+        k = len(split[0])
+        plain = (nn.Linear, nn.Flatten, nn.Identity, nn.Dropout)
+        if all(isinstance(c.module, plain) for c in calls[k:end]):
+            k = len(calls)
+        elif not all(_is_analytic(c, j == len(calls) - 1) for j, c in enumerate(calls) if j >= k):
+            return
+        cut = [(0, k, "lp")] + ([(k, len(calls), "analytic")] if k < len(calls) else [])
+        self.blocks = [Block(kd, a, b, calls[a:b], calls[a].in_shape, calls[b - 1].out_shape) for a, b, kd in cut]
 
     # --- running parts of the model -------------------------------------------------------
     def _call_index(self, i: int) -> int:
@@ -367,7 +399,7 @@ class InversionPlan:
             mods = [f"{c.name} ({type(c.module).__name__})" for c in b.calls]
             if len(mods) > 4:
                 mods = mods[:2] + [f"... {len(mods) - 4} more ..."] + mods[-2:]
-            rows.append((str(j), b.kind, ", ".join(mods), str(tuple(b.in_shape[1:])),
+            rows.append((str(j), "analytic (LP)" if b.kind == "lp" else b.kind, ", ".join(mods), str(tuple(b.in_shape[1:])),
                          str(tuple(b.out_shape[1:]))))
         w = [max(len(r[c]) for r in rows) for c in range(5)]
         lines = [" | ".join(r[c].ljust(w[c]) for c in range(5)) for r in rows]

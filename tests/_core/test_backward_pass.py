@@ -151,9 +151,9 @@ def test_bad_arguments_are_named(digit_nets, kwargs, match):
         BackwardPassInversion(digit_nets[1]).attribute(**kwargs)
 
 
-def test_relu_model_points_to_forward_pass():
-    model = FCNN((784, 32, 10), "relu", False, (1, 28, 28))
-    with pytest.raises(ValueError, match=r"'2' \(ReLU\).*ForwardPassInversion"):
+def test_non_piecewise_model_points_to_forward_pass():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.GELU(), nn.Linear(32, 10))
+    with pytest.raises(ValueError, match=r"'2' \(GELU\).*ForwardPassInversion"):
         BackwardPassInversion(model).attribute(target=0)
 
 

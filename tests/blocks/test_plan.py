@@ -47,13 +47,17 @@ def test_vit_head_is_analytic_below_the_token_selection():
 
 
 def test_cnn_with_linear_selu_head():
-    plan = InversionPlan(small_cnn(), X)
-    assert plan.kinds == ["opaque", "analytic"]
-    assert [type(c.module).__name__ for c in plan.blocks[1].calls] == ["Flatten", "Linear", "SELU", "Linear"]
+    for lp, first in ((False, "opaque"), (True, "lp")):
+        plan = InversionPlan(small_cnn(), X, lp=lp)
+        assert plan.kinds == [first, "analytic"]
+        assert [type(c.module).__name__ for c in plan.blocks[1].calls] == ["Flatten", "Linear", "SELU", "Linear"]
+    assert "analytic (LP)" in str(plan)
 
 
 def test_relu_mlp_alternates_and_relu_is_opaque():
-    plan = InversionPlan(FCNN((784, 64, 32, 10), "relu", False, (1, 28, 28)), X)
+    relu = FCNN((784, 64, 32, 10), "relu", False, (1, 28, 28))
+    assert InversionPlan(relu, X).kinds == ["lp"]
+    plan = InversionPlan(relu, X, lp=False)
     assert plan.kinds == ["analytic", "opaque", "analytic", "opaque", "analytic"]
     assert all(isinstance(c.module, nn.ReLU) for b in plan.blocks if b.kind == "opaque" for c in b.calls)
 
@@ -88,7 +92,7 @@ def test_plan_proves_only_boundaries_next_to_analytic_calls():
                           nn.SELU(), nn.Linear(16, 5)).eval()
     runs = [0]
     model.register_forward_pre_hook(lambda m, i: runs.__setitem__(0, runs[0] + 1))
-    plan = InversionPlan(model, torch.randn(2, 1, 6, 6))
+    plan = InversionPlan(model, torch.randn(2, 1, 6, 6), lp=False)
     assert [b.kind for b in plan.blocks] == ["opaque", "analytic"]
     assert plan.blocks[1].start == 25  # the Flatten: the trunk's 25 convolutions and ReLUs stay one block
     # 30 leaf calls: every boundary proven would cost two forward passes each (~60)
@@ -100,7 +104,7 @@ def test_ends_only_keeps_middle_analytic_calls_in_the_opaque_block():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
                           nn.Linear(16, 4)).eval()
     x = torch.randn(2, 16)
-    assert InversionPlan(model, x).kinds == ["analytic", "opaque", "analytic", "opaque", "analytic"]
-    plan = InversionPlan(model, x, ends_only=True)
+    assert InversionPlan(model, x, lp=False).kinds == ["analytic", "opaque", "analytic", "opaque", "analytic"]
+    plan = InversionPlan(model, x, ends_only=True, lp=False)
     assert plan.kinds == ["analytic", "opaque", "analytic"]
     assert [c.name for c in plan.blocks[1].calls] == ["2", "3", "4"]

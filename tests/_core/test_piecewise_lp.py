@@ -1,0 +1,161 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from captum_invert import BackwardPassInversion, ForwardPassInversion, GeneralizedInversion, PreimageRegion
+from captum_invert.blocks.plan import trace_leaf_modules
+from captum_invert.blocks.piecewise import linearize
+from captum_invert.models import FCNN
+from tests.conftest import fit_on_digits
+
+BOX = (0.0, 1.0)
+
+
+def _cnn():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3, padding=1),
+                         nn.BatchNorm2d(8), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(72, 10))
+
+
+@pytest.fixture(scope="module")
+def relu_nets():
+    torch.manual_seed(0)
+    mlp = fit_on_digits(FCNN((784, 48, 24, 10), "relu", False, (1, 28, 28)))
+    cnn = fit_on_digits(_cnn())
+    mixed = fit_on_digits(nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                        nn.Linear(144, 32), nn.SELU(), nn.Linear(32, 10)))
+    return {"mlp": mlp, "cnn": cnn, "mixed": mixed}
+
+
+def test_linearize_is_the_net_on_its_region(relu_nets):
+    net = relu_nets["cnn"]
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(1, 28, 28, generator=g)
+    lin = linearize(trace_leaf_modules(net, x0[None]).calls, x0)
+    xf = x0.reshape(-1).double()
+    assert bool((lin.A @ xf <= lin.b + 1e-12).all())
+    close = xf + 1e-5 * torch.randn(50, 784, generator=g, dtype=torch.float64)
+    inside = ((close @ lin.A.T) <= lin.b).all(1)
+    assert int(inside.sum()) > 0
+    net64 = nn.Sequential(*[m for m in _cnn()]).double()
+    net64.load_state_dict({k: v.double() for k, v in net.state_dict().items()})
+    net64.eval()
+    with torch.no_grad():
+        out = net64(close[inside].reshape(-1, 1, 28, 28))
+    assert torch.allclose(out, close[inside] @ lin.G.T + lin.h, atol=1e-9)
+    assert {"1", "2", "5"} <= set(lin.pattern)  # ReLU, MaxPool, ReLU
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_every_class_verifies_in_the_box(relu_nets, name):
+    inv = BackwardPassInversion(relu_nets[name], input_shape=(1, 28, 28))
+    target = torch.arange(10).repeat_interleave(2)
+    x, delta = inv.attribute(target=target.tolist(), seed=0, input_range=BOX, return_convergence_delta=True)
+    assert inv.last_stats["route"] == "lp"
+    p = torch.softmax(relu_nets[name](x), 1)
+    assert bool((p[torch.arange(20), target] >= 0.9).all())
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    assert all(isinstance(r, PreimageRegion) for r in inv.last_regions)
+
+
+def _ball_points(center, radius, n, g, N=None):
+    d = center.numel() if N is None else N.shape[1]
+    w = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = w / w.norm(dim=1, keepdim=True) * radius * torch.rand(n, 1, generator=g, dtype=torch.float64) ** (1 / d)
+    if N is not None:
+        w = w @ N.T
+    return center.reshape(1, -1) + w * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_every_point_of_the_region_verifies(relu_nets, name):
+    net = relu_nets[name]
+    inv = BackwardPassInversion(net, input_shape=(1, 28, 28))
+    g = torch.Generator().manual_seed(1)
+    for target in (3, 7):
+        reg = inv.region(target, seed=target, input_range=BOX)
+        c, r = reg.chebyshev_ball()
+        assert r > 0
+        pts = [_ball_points(c, r, 200, g), reg.sample(100, seed=2).reshape(100, -1)]
+        s = pts[1]
+        lam = torch.rand(100, 1, generator=g, dtype=torch.float64)
+        pts.append(lam * s + (1 - lam) * s.roll(1, 0))  # convex combinations
+        pts = torch.cat(pts)
+        assert bool(reg.contains(pts.reshape(-1, 1, 28, 28)).all())
+        assert float(pts.min()) >= 0.0 and float(pts.max()) <= 1.0
+        with torch.no_grad():
+            p = torch.softmax(net(pts.reshape(-1, 1, 28, 28).float()), 1)[:, target]
+        assert float(p.min()) >= 0.9
+        # a point well outside (another class's sample) is not contained
+        assert not bool(reg.contains(torch.zeros(1, 1, 28, 28) + 0.5).all()) or float(
+            torch.softmax(net(torch.full((1, 1, 28, 28), 0.5)), 1)[0, target]) >= 0.9
+
+
+def test_distribution_region_stays_within_atol(relu_nets):
+    net = relu_nets["mlp"]
+    inv = BackwardPassInversion(net, input_shape=(1, 28, 28))
+    P = torch.tensor([0.5, 0.3, 0.2] + [0.0] * 7)
+    reg = inv.region(P, seed=0, input_range=BOX)
+    c, r = reg.chebyshev_ball()
+    assert r > 0
+    g = torch.Generator().manual_seed(0)
+    pts = torch.cat([_ball_points(c, r, 100, g), reg.sample(50, seed=0).reshape(50, -1)])
+    p = torch.softmax(net(pts.reshape(-1, 1, 28, 28).float()), 1)
+    assert float((p - P).abs().amax(1).max()) <= 0.02
+
+
+def test_mixed_net_uses_lp_trunk_and_analytic_head(relu_nets):
+    net = relu_nets["mixed"]
+    inv = BackwardPassInversion(net, input_shape=(1, 28, 28))
+    x = inv.attribute(target=[1, 5, 8], seed=0, input_range=BOX)
+    assert bool((net(x).argmax(1) == torch.tensor([1, 5, 8])).all())
+    reg = inv.last_regions[0]
+    assert reg.E is not None and reg.dim == 784 - 32
+    pts = reg.sample(40, seed=0)
+    assert bool(reg.contains(pts).all())
+    p = torch.softmax(net(pts.float()), 1)[:, 1]
+    assert float(p.min()) >= 0.9
+
+
+def test_lp_samples_are_as_diverse_as_forward_pass(relu_nets):
+    net = relu_nets["cnn"]
+    lp = BackwardPassInversion(net, input_shape=(1, 28, 28)).attribute(target=4, n_samples=6, seed=0, input_range=BOX)
+    fw = ForwardPassInversion(net, input_shape=(1, 28, 28)).attribute(target=4, n_samples=6, seed=0, input_range=BOX)
+    assert float(torch.pdist(lp.reshape(6, -1)).mean()) >= 0.5 * float(torch.pdist(fw.reshape(6, -1)).mean())
+
+
+def test_generalized_inversion_routes_to_lp_and_plans_it(relu_nets):
+    net = relu_nets["cnn"]
+    inv = GeneralizedInversion(net, input_shape=(1, 28, 28))
+    assert inv.plan.kinds == ["lp"]
+    assert "analytic (LP)" in str(inv.plan)
+    x = inv.attribute(target=2, n_samples=2, seed=0, input_range=BOX)
+    assert inv.last_stats["route"] == "lp"
+    assert bool((torch.softmax(net(x), 1)[:, 2] >= 0.9).all())
+
+
+def test_model_left_unchanged(relu_nets):
+    net = relu_nets["cnn"]
+    net.train()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    BackwardPassInversion(net, input_shape=(1, 28, 28)).attribute(target=0, seed=0, input_range=BOX)
+    assert net.training and all(m.training for m in net.modules())
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    assert all(p.requires_grad for p in net.parameters())
+    net.eval()
+
+
+def test_unsupported_and_too_large_models_are_named():
+    gelu = nn.Sequential(nn.Conv2d(1, 2, 3), nn.GELU(), nn.Flatten(), nn.Linear(2 * 26 * 26, 10))
+    with pytest.raises(ValueError, match=r"'1' \(GELU\).*ForwardPassInversion"):
+        BackwardPassInversion(gelu, input_shape=(1, 28, 28)).attribute(target=0)
+    big = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 10))
+    with pytest.raises(ValueError, match="too large for the dense linear program.*GeneralizedInversion"):
+        BackwardPassInversion(big, input_shape=(3, 224, 224)).attribute(target=0)
+    selu = FCNN((784, 16, 10), "selu", False, (1, 28, 28))
+    with pytest.raises(ValueError, match="region\\(\\) needs a model with piecewise-linear modules"):
+        BackwardPassInversion(selu).region(0)
+    with pytest.raises(ValueError, match="`spread`"):
+        BackwardPassInversion(_cnn().eval(), input_shape=(1, 28, 28)).attribute(target=0, spread=2.0)
