@@ -73,6 +73,11 @@ class PreimageRegion:
         self.lp_message = ""
 
     @property
+    def basis(self) -> Optional[Tensor]:
+        """``(d, dim)`` orthonormal directions of the affine set ``E x = f``; None without ``E``."""
+        return self._N
+
+    @property
     def dim(self) -> int:
         """Dimension of the affine hull: ``d`` minus the rank of ``E``."""
         return self.A.shape[1] if self._N is None else self._N.shape[1]
@@ -119,8 +124,9 @@ class PreimageRegion:
         return (self.b - self.A @ x.reshape(-1).to(self.A)) <= tol
 
     def sample(self, n: int, seed=None, spread: float = 1.0, steps: int = 64) -> Tensor:
-        """``n`` points of the region: hit-and-run chains from the Chebyshev centre, pulled back
-        towards it by ``spread``.
+        """``n`` points of the region: hit-and-run chains, pulled back towards the Chebyshev
+        centre by ``spread``. The chains start on the segment from the centre to the anchor
+        (at 99% of the way) when the anchor is in the region, else at the centre.
 
         Args:
             n (int): number of points.
@@ -144,7 +150,13 @@ class PreimageRegion:
         if c is None:
             raise ValueError(f"the region is empty ({self.lp_message})")
         c = c.reshape(-1)
-        y = hit_and_run(self.A, self.b, c, n, steps, gen, self._N)
+        start = c
+        a = self.anchor.reshape(1, *self.input_shape)
+        if bool(self.contains(a, tol=0.0)[0]):
+            # chains start near the anchor, on its segment to the centre (interior by convexity):
+            # the anchors of random starts carry their diversity into the samples
+            start = c + 0.99 * (a.reshape(-1).to(c) - c)
+        y = hit_and_run(self.A, self.b, start, n, steps, gen, self._N)
         return (c + spread * (y - c)).reshape(n, *self.input_shape)
 
     def __repr__(self) -> str:

@@ -22,11 +22,33 @@ def null_basis(E: Optional[Tensor], d: int, rtol: float = 1e-10) -> Optional[Ten
     return Vh[rank:].T.contiguous()
 
 
+def _cheb_lp(A_np, norms_np, b_np, E_np, f_np, r_max, time_limit):
+    from scipy.optimize import linprog
+    from scipy.sparse import csr_matrix, hstack
+
+    d = A_np.shape[1]
+    A_ub = hstack([csr_matrix(A_np), csr_matrix(norms_np[:, None])]).tocsr()
+    c = np.zeros(d + 1)
+    c[-1] = -1.0
+    kw = {}
+    if E_np is not None:
+        kw["A_eq"] = hstack([csr_matrix(E_np), csr_matrix((len(E_np), 1))]).tocsr()
+        kw["b_eq"] = f_np
+    bounds = [(None, None)] * d + [(0.0, r_max)]
+    return linprog(c, A_ub=A_ub, b_ub=b_np, bounds=bounds, method="highs-ipm",
+                   options={"time_limit": time_limit, "presolve": True}, **kw)
+
+
 def chebyshev_center(A: Tensor, b: Tensor, E: Optional[Tensor] = None, f: Optional[Tensor] = None,
-                     N: Optional[Tensor] = None, r_max: float = 1e6,
-                     time_limit: float = 120.0) -> Tuple[Optional[Tensor], float, str]:
+                     N: Optional[Tensor] = None, r_max: float = 1e6, time_limit: float = 120.0,
+                     ) -> Tuple[Optional[Tensor], float, str]:
     """The centre and radius of the largest L2 ball inside ``{A x <= b, E x = f}`` (a ball of the
-    affine set ``E x = f`` when given), by one linear program (HiGHS).
+    affine set ``E x = f`` when given), by linear programming (HiGHS's interior point).
+
+    The interior-point solver: on the dense rows of a ReLU CNN's pattern (15,000 x 784) it
+    takes about 1.5 s on 2 cores, where HiGHS's dual simplex took about 60 s. Generating
+    constraints from a working set of least-slack rows was tried: the centre keeps moving onto
+    new rows, and eight rounds cost more than the one full LP.
 
     Args:
         A (Tensor): ``(m, d)`` float64.
@@ -34,33 +56,28 @@ def chebyshev_center(A: Tensor, b: Tensor, E: Optional[Tensor] = None, f: Option
         E, f (Tensor, optional): equalities ``(k, d)``, ``(k,)``.
         N (Tensor, optional): :func:`null_basis` of ``E`` (computed when not given).
         r_max (float): cap on the radius (an unbounded polytope has none).
-        time_limit (float): seconds HiGHS may take.
+        time_limit (float): seconds HiGHS may take per LP.
 
     Returns:
         (Tensor or None, float, str): the centre ``(d,)``, the radius (``-inf`` when the polytope
-        is empty), and HiGHS's message.
+        is empty), and HiGHS's message. The radius is recomputed from the rows at the centre
+        (the solver's is feasible only to its tolerance), so the ball is inside exactly.
     """
-    from scipy.optimize import linprog
-    from scipy.sparse import csr_matrix, hstack
-
     m, d = A.shape
     if E is not None and N is None:
         N = null_basis(E, d)
     norms = (A @ N).norm(dim=1) if N is not None else A.norm(dim=1)
-    A_ub = hstack([csr_matrix(A.cpu().numpy()), csr_matrix(norms.cpu().numpy()[:, None])]).tocsr()
-    c = np.zeros(d + 1)
-    c[-1] = -1.0
-    kw = {}
-    if E is not None:
-        kw["A_eq"] = hstack([csr_matrix(E.cpu().numpy()), csr_matrix((len(E), 1))]).tocsr()
-        kw["b_eq"] = f.cpu().numpy()
-    bounds = [(None, None)] * d + [(0.0, r_max)]
-    res = linprog(c, A_ub=A_ub, b_ub=b.cpu().numpy(), bounds=bounds, method="highs-ipm",
-                  options={"time_limit": time_limit, "presolve": True}, **kw)
+    E_np = None if E is None else E.cpu().numpy()
+    f_np = None if f is None else f.cpu().numpy()
+    A_np, b_np, n_np = A.cpu().numpy(), b.cpu().numpy(), norms.cpu().numpy()
+    res = _cheb_lp(A_np, n_np, b_np, E_np, f_np, r_max, time_limit)
     if res.status != 0 or res.x is None:
         return None, -math.inf, str(res.message)
     x = torch.from_numpy(res.x[:d]).to(A)
-    return x, float(res.x[-1]), str(res.message)
+    # the radius the rows allow at x exactly (HiGHS's own is feasible to ~1e-7 only)
+    room = torch.where(norms > 0, (b - A @ x) / norms.clamp_min(1e-300), torch.full_like(b, math.inf))
+    r = min(float(res.x[-1]), float(room.min())) if len(room) else float(res.x[-1])
+    return x, r, str(res.message)
 
 
 def hit_and_run(A: Tensor, b: Tensor, start: Tensor, n: int, steps: int,

@@ -77,6 +77,9 @@ def test_every_point_of_the_region_verifies(relu_nets, name):
         reg = inv.region(target, seed=target, input_range=BOX)
         c, r = reg.chebyshev_ball()
         assert r > 0
+        # the pattern is the anchor's; the ball touches the rows it names as tight there
+        assert {k for k in reg.pattern} == {lab.split(" ")[0] for lab, _, _ in reg.groups[:-2]}
+        assert int(reg.tight(c, tol=1e-6 + r).sum()) >= 1 and int(reg.tight(c, tol=0.5 * r).sum()) == 0
         pts = [_ball_points(c, r, 200, g), reg.sample(100, seed=2).reshape(100, -1)]
         s = pts[1]
         lam = torch.rand(100, 1, generator=g, dtype=torch.float64)
