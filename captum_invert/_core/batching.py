@@ -166,6 +166,9 @@ def batched_attribute(fn):
     def wrapper(self, *args, additional_forward_args=None, internal_batch_size=None, show_progress: bool = False,
                 **kwargs):
         if additional_forward_args is not None:
+            why = getattr(self, "_no_forward_args", None)
+            if why:
+                raise ValueError(f"`additional_forward_args` is not supported by {type(self).__name__}: {why}")
             extra = _check_args(additional_forward_args, None)
             model, plan = self.forward_func, getattr(self, "_plan", None)
             self.forward_func = _WithArgs(model, extra) if isinstance(model, nn.Module) else (
@@ -205,6 +208,7 @@ def batched_attribute(fn):
                 hi = min(n, lo + size)
                 part = dict(a, seed=gen, return_convergence_delta=True, allow_unverified=allow,
                             target=_slice_target(a.get("target"), lo, hi, n))
+                part = {k: v for k, v in part.items() if k in sig.parameters}
                 if isinstance(a.get("inputs"), Tensor):
                     part["inputs"] = a["inputs"][lo:hi]
                 if "n_samples" in a and (a["n_samples"] is not None or not isinstance(a.get("inputs"), Tensor)):

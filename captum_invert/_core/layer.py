@@ -6,6 +6,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .batching import batched_attribute
 from ..blocks.plan import layer_output, model_mode_guard
 from ..solvers.lm import levenberg_marquardt, levenberg_marquardt_cg
 from .base import InversionError, InversionMethod, _check_pos, _check_prob, make_generator, random_starts
@@ -52,6 +53,7 @@ class LayerInversion(InversionMethod):
         with model_mode_guard(self.forward_func):
             return layer_output(self.forward_func, self.layer, x)
 
+    @batched_attribute
     def attribute(
         self,
         inputs: Optional[Tensor] = None,

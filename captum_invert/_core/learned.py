@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .batching import batched_attribute
 from ..blocks.plan import layer_output, model_mode_guard
 from .base import InversionMethod
 
@@ -92,6 +93,9 @@ class LearnedInversion(InversionMethod):
             default :class:`DefaultDecoder`.
         input_shape (tuple of int, optional): shape of one image (required with ``feature_fn``).
     """
+
+    _no_forward_args = ("it reads the features of `layer` from its encoder; give it an encoder module that "
+                        "binds the extra arguments")
 
     def __init__(self, model: Optional[nn.Module] = None, layer: Union[None, str, nn.Module] = None,
                  feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
@@ -208,6 +212,7 @@ class LearnedInversion(InversionMethod):
         with torch.no_grad():  # chunks of 256: large fresh buffers cost page faults on CPU
             return torch.cat([self.decoder(f[i:i + 256]) for i in range(0, max(len(f), 1), 256)])
 
+    @batched_attribute
     def attribute(self, inputs: Tensor = None, target=None, return_convergence_delta: bool = False):
         """Reconstruct ``inputs`` ``(N, *input_shape)`` from their features.
 

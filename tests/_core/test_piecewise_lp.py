@@ -162,3 +162,20 @@ def test_unsupported_and_too_large_models_are_named():
         BackwardPassInversion(selu).region(0)
     with pytest.raises(ValueError, match="`spread`"):
         BackwardPassInversion(_cnn().eval(), input_shape=(1, 28, 28)).attribute(target=0, spread=2.0)
+
+
+def test_linearize_handles_hardtanh_leaky_relu_and_maxpool1d():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(1, 3, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool1d(2), nn.Flatten(),
+                        nn.Linear(3 * 8, 12), nn.ReLU6(), nn.Linear(12, 4)).double().eval()
+    x0 = torch.randn(1, 16, dtype=torch.float64) * 3
+    lin = linearize(trace_leaf_modules(net, x0[None]).calls, x0)
+    assert [g[0] for g in lin.groups] == ["1 (LeakyReLU)", "2 (MaxPool1d)", "5 (ReLU6) upper", "5 (ReLU6) lower"]
+    assert lin.pattern["5"].dtype == torch.int8 and set(lin.pattern["5"].tolist()) <= {-1, 0, 1}
+    g = torch.Generator().manual_seed(0)
+    scale = 10 ** (-3 * torch.rand(400, 1, generator=g, dtype=torch.float64))
+    pts = x0.reshape(1, -1) + scale * torch.randn(400, 16, generator=g, dtype=torch.float64)
+    inside = (pts @ lin.A.T <= lin.b).all(1)
+    assert 0 < int(inside.sum()) < 400  # some points leave the pattern, some keep it
+    with torch.no_grad():
+        assert torch.allclose(net(pts[inside].reshape(-1, 1, 16)), pts[inside] @ lin.G.T + lin.h, atol=1e-10)

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..batching import batched_attribute
 from ...blocks.plan import model_mode_guard
 from ..base import InversionMethod, count_reasons
 
@@ -35,10 +36,12 @@ class DatasetSearch(InversionMethod):
         super().__init__(forward_func, input_shape or tuple(images.shape[1:]))
         self.images = images
         self._probs = None
+        self._probs_for = None
 
     def probabilities(self) -> Tensor:
         """``(M, C)`` model probabilities of the searched images (cached)."""
-        if self._probs is None:
+        if self._probs is None or self._probs_for is not self.forward_func:
+            self._probs_for = self.forward_func  # additional_forward_args swap the model in a call
             kind, _, _ = self._probe()
             dtype, device = self._model_dtype_device()
             out = []
@@ -49,6 +52,7 @@ class DatasetSearch(InversionMethod):
             self._probs = torch.cat(out)
         return self._probs
 
+    @batched_attribute
     def attribute(self, inputs=None, target=None, n_samples: Optional[int] = None, mode: str = "best",
                   percentile: float = 25.0, min_prob: float = 0.9, atol: float = 0.02,
                   return_convergence_delta: bool = False, allow_unverified: bool = False):

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
+from ..batching import batched_attribute
 from ...blocks.plan import model_mode_guard
 from ..backward_pass import _Chain, build_chain
 from ..base import InversionError, InversionMethod, make_generator
@@ -71,6 +72,9 @@ class ExactInversion(InversionMethod):
         input_shape (tuple of int, optional): shape of one input.
     """
 
+    _no_forward_args = "the bijective chain is read from the model's layers; a model of one input is needed"
+
+    @batched_attribute
     def attribute(self, inputs=None, target: Optional[Tensor] = None, rtol: float = 1e-4,
                   return_convergence_delta: bool = False, allow_unverified: bool = False):
         r"""Reconstruct inputs from outputs.

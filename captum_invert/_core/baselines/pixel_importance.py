@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from ..batching import batched_attribute
 from ...blocks.plan import model_mode_guard
 from ..base import InversionMethod, count_reasons
 
@@ -26,6 +27,7 @@ class PixelImportance(InversionMethod):
         input_shape (tuple of int, optional): shape of one input.
     """
 
+    @batched_attribute
     def attribute(self, inputs=None, target=None, n_samples: Optional[int] = None, k: int = 100,
                   levels: int = 254, on: float = 1.0, logit_high: float = 10.0,
                   logit_low: float = -10.0, min_prob: float = 0.9,

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..batching import batched_attribute
 from ...blocks.plan import model_mode_guard
 from ..backward_pass import _Chain, build_chain
 from ..base import InversionMethod, count_reasons
@@ -62,6 +63,7 @@ class PseudoInverseInversion(InversionMethod):
         input_shape (tuple of int, optional): shape of one input.
     """
 
+    @batched_attribute
     def attribute(self, inputs=None, target=None, n_samples: Optional[int] = None,
                   logit_high: float = 10.0, logit_low: float = -10.0, filter=None,
                   use_bias: bool = True, cond_num: float = float("inf"), min_prob: float = 0.9,
