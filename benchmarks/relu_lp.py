@@ -48,20 +48,10 @@ NETS = {
 }
 
 
-def ball_points(c, r, n, g, N=None):
-    d = c.numel() if N is None else N.shape[1]
-    w = torch.randn(n, d, generator=g, dtype=torch.float64)
-    w = w / w.norm(dim=1, keepdim=True) * r * torch.rand(n, 1, generator=g, dtype=torch.float64) ** (1 / d)
-    if N is not None:
-        w = w @ N.T
-    return c.reshape(1, -1) + w * (1 - 1e-9)
-
-
 def certificate(net, reg, target, g):
-    c, r = reg.chebyshev_ball()
     s = reg.sample(50, seed=g).reshape(50, -1)
     lam = torch.rand(50, 1, generator=g, dtype=torch.float64)
-    pts = torch.cat([ball_points(c, r, 200, g, reg.basis), s, lam * s + (1 - lam) * s.roll(1, 0)])
+    pts = torch.cat([reg.ball_points(200, seed=g).reshape(200, -1), s, lam * s + (1 - lam) * s.roll(1, 0)])
     with torch.no_grad():
         p = torch.softmax(net(pts.reshape(-1, 1, 28, 28).float()), 1)[:, target]
     ok = reg.contains(pts.reshape(-1, 1, 28, 28)) & (pts.min(1).values >= 0) & (pts.max(1).values <= 1) & (p >= 0.9)

@@ -97,6 +97,25 @@ class PreimageRegion:
             self._ball = (None if c is None else c.reshape(self.input_shape), r)
         return self._ball
 
+    def ball_points(self, n: int, seed=None) -> Tensor:
+        """``n`` uniform points of the Chebyshev ball (of its affine set, for mixed regions):
+        a certificate check draws them, since every one must verify.
+
+        Returns:
+            Tensor: ``(n, *input_shape)`` float64.
+        """
+        gen = seed if isinstance(seed, torch.Generator) else (
+            torch.Generator().manual_seed(int(seed)) if seed is not None else None)
+        c, r = self.chebyshev_ball()
+        if c is None:
+            raise ValueError(f"the region is empty ({self.lp_message})")
+        e = self.dim
+        w = torch.randn(n, e, generator=gen, dtype=torch.float64)
+        w = w / w.norm(dim=1, keepdim=True) * r * torch.rand(n, 1, generator=gen, dtype=torch.float64) ** (1 / e)
+        if self._N is not None:
+            w = w @ self._N.T
+        return (c.reshape(1, -1) + w * (1 - 1e-9)).reshape(n, *self.input_shape)
+
     def contains(self, x: Tensor, tol: float = 1e-9) -> Tensor:
         """Whether each input is in the region.
 

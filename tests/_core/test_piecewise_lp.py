@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -59,15 +57,6 @@ def test_every_class_verifies_in_the_box(relu_nets, name):
     assert all(isinstance(r, PreimageRegion) for r in inv.last_regions)
 
 
-def _ball_points(center, radius, n, g, N=None):
-    d = center.numel() if N is None else N.shape[1]
-    w = torch.randn(n, d, generator=g, dtype=torch.float64)
-    w = w / w.norm(dim=1, keepdim=True) * radius * torch.rand(n, 1, generator=g, dtype=torch.float64) ** (1 / d)
-    if N is not None:
-        w = w @ N.T
-    return center.reshape(1, -1) + w * (1 - 1e-9)
-
-
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_every_point_of_the_region_verifies(relu_nets, name):
     net = relu_nets[name]
@@ -80,7 +69,9 @@ def test_every_point_of_the_region_verifies(relu_nets, name):
         # the pattern is the anchor's; the ball touches the rows it names as tight there
         assert {k for k in reg.pattern} == {lab.split(" ")[0] for lab, _, _ in reg.groups[:-2]}
         assert int(reg.tight(c, tol=1e-6 + r).sum()) >= 1 and int(reg.tight(c, tol=0.5 * r).sum()) == 0
-        pts = [_ball_points(c, r, 200, g), reg.sample(100, seed=2).reshape(100, -1)]
+        ball = reg.ball_points(200, seed=g).reshape(200, -1)
+        assert float((ball - c.reshape(1, -1)).norm(dim=1).max()) <= r
+        pts = [ball, reg.sample(100, seed=2).reshape(100, -1)]
         s = pts[1]
         lam = torch.rand(100, 1, generator=g, dtype=torch.float64)
         pts.append(lam * s + (1 - lam) * s.roll(1, 0))  # convex combinations
@@ -100,10 +91,10 @@ def test_distribution_region_stays_within_atol(relu_nets):
     inv = BackwardPassInversion(net, input_shape=(1, 28, 28))
     P = torch.tensor([0.5, 0.3, 0.2] + [0.0] * 7)
     reg = inv.region(P, seed=0, input_range=BOX)
-    c, r = reg.chebyshev_ball()
+    _, r = reg.chebyshev_ball()
     assert r > 0
     g = torch.Generator().manual_seed(0)
-    pts = torch.cat([_ball_points(c, r, 100, g), reg.sample(50, seed=0).reshape(50, -1)])
+    pts = torch.cat([reg.ball_points(100, seed=g).reshape(100, -1), reg.sample(50, seed=0).reshape(50, -1)])
     p = torch.softmax(net(pts.reshape(-1, 1, 28, 28).float()), 1)
     assert float((p - P).abs().amax(1).max()) <= 0.02
 
