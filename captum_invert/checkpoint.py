@@ -148,6 +148,13 @@ def _shape(text: Optional[str], what: str, n: Optional[int] = None, cast=int) ->
     return vals
 
 
+def _shapes(text: Optional[str], what: str):
+    """One shape ``'1,28,28'``, or one per input of a multi-input model: ``'1,28,28;12'``."""
+    if text is None or ";" not in text:
+        return _shape(text, what)
+    return tuple(_shape(part, what) for part in text.split(";"))
+
+
 def run_invert(model: str, out: str, target: str, method: str = "generalized", weights: Optional[str] = None,
                n_samples: int = 16, input_shape: Optional[str] = None, input_range: Optional[str] = None,
                seed: int = 0, min_prob: float = 0.9, atol: float = 0.02, max_iter: int = 30,
@@ -158,8 +165,9 @@ def run_invert(model: str, out: str, target: str, method: str = "generalized", w
     asked for, the metrics say how many and why, and the job raises the ``InversionError``
     after writing them.
 
-    Args: as the command line's options (``input_shape`` ``'1,28,28'``, ``input_range``
-    ``'0,1'``).
+    Args: as the command line's options (``input_shape`` ``'1,28,28'``, or ``'1,28,28;12'`` for a
+    model of two inputs, ``input_range`` ``'0,1'``). A multi-input model's samples are written as
+    ``inputs.0``, ``inputs.1``, ... and its grid shows the first input.
 
     Returns:
         dict: the metrics.
@@ -168,7 +176,7 @@ def run_invert(model: str, out: str, target: str, method: str = "generalized", w
         raise ValueError(f"`--method` must be one of {', '.join(METHODS)}, got {method!r}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"`--n-samples` must be an int >= 1, got {n_samples!r}")
-    shape = _shape(input_shape, "--input-shape")
+    shape = _shapes(input_shape, "--input-shape")
     box = _shape(input_range, "--input-range", 2, float)
     import matplotlib
 
@@ -199,21 +207,25 @@ def run_invert(model: str, out: str, target: str, method: str = "generalized", w
         error = e
         x, delta = e.partial, e.delta[e.verified]
     seconds = time.perf_counter() - t0
-    x = x.detach().float().cpu()
+    parts = tuple(t.detach().float().cpu() for t in x) if isinstance(x, tuple) else (x.detach().float().cpu(),)
+    x = parts[0]
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     probs = torch.zeros((0, n_classes))
     if len(x):
         dtype, device = inv._model_dtype_device()
+        flat = torch.cat([t.reshape(len(t), -1) for t in parts], 1) if len(parts) > 1 else x
         with torch.no_grad():
-            probs = inv.log_probs_from(inv.forward_func(x.to(dtype=dtype, device=device)), kind).exp().float().cpu()
+            probs = inv.log_probs_from(inv.forward_func(flat.to(dtype=dtype, device=device)), kind).exp().float().cpu()
     tgt = torch.as_tensor(goal, dtype=torch.float64 if isinstance(goal, torch.Tensor) else torch.int64)
-    save_file({"inputs": x.contiguous(), "probs": probs.float().contiguous(),
+    tensors = {"inputs": x.contiguous()} if len(parts) == 1 else {f"inputs.{i}": t.contiguous()
+                                                                  for i, t in enumerate(parts)}
+    save_file({**tensors, "probs": probs.float().contiguous(),
                "delta": delta.detach().double().cpu().contiguous(),
                "target": tgt.reshape(-1).contiguous()}, str(outp / "samples.safetensors"),
               metadata={"model": info["spec"], "method": method, "target": target,
                         "captum_invert": __version__})
-    if len(x):
+    if len(x) and x.dim() in (3, 4):  # an image (the first input of a multi-input model)
         cols = min(8, len(x))
         rows = []
         for i in range(0, len(x), cols):
@@ -235,11 +247,12 @@ def run_invert(model: str, out: str, target: str, method: str = "generalized", w
 
     metrics = {
         "model": info, "method": method, "target": target, "n_classes": n_classes,
-        "input_shape": list(inv.input_shape), "input_range": list(box) if box else None,
+        "input_shape": [list(t.shape[1:]) for t in parts] if len(parts) > 1 else list(inv.input_shape), "input_range": list(box) if box else None,
         "n_requested": n_samples, "n_verified": len(x), "seconds": round(seconds, 3),
         "ms_per_verified": round(1000 * seconds / max(len(x), 1), 2),
         "max_delta": float(delta.max()) if len(x) else None,
-        "diversity": mean_pairwise_distance(x) if len(x) > 1 else None,
+        "diversity": mean_pairwise_distance(torch.cat([t.reshape(len(t), -1) for t in parts], 1))
+        if len(x) > 1 else None,
         "last_stats": {k: v for k, v in inv.last_stats.items() if isinstance(v, (int, float, str))},
         "seed": seed, "min_prob": min_prob, "atol": atol, "captum_invert": __version__,
         "torch": torch.__version__,

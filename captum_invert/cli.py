@@ -396,7 +396,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     i.add_argument("--target", required=True,
                    help="a class (3), a distribution over every class (0.5,0.5), or pairs (1:0.5,2:0.3,3:0.2)")
     i.add_argument("--n-samples", type=int, default=16)
-    i.add_argument("--input-shape", default=None, help="one input without the batch dimension, e.g. 1,28,28")
+    i.add_argument("--input-shape", default=None, help="one input without the batch dimension, e.g. 1,28,28; "
+                   "a model of several inputs: one shape each, separated by ';', e.g. '1,28,28;12'")
     i.add_argument("--input-range", default=None, help="the box every input stays in, e.g. 0,1")
     i.add_argument("--min-prob", type=float, default=0.9)
     i.add_argument("--atol", type=float, default=0.02)

@@ -77,6 +77,34 @@ def test_invert_factory_with_weights(tmp_path, cnn, monkeypatch):
     _check_written(out, net.eval(), target_class=7)
 
 
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 10), nn.Linear(12, 10)
+
+    def forward(self, x, v):
+        return self.a(x.flatten(1)) + self.b(v)
+
+
+def test_invert_a_model_of_two_inputs(tmp_path):
+    torch.manual_seed(0)
+    net = _TwoInputs().eval()
+    with torch.no_grad():  # confident enough that every class is reachable inside the box
+        net.a.weight.mul_(10)
+        net.b.weight.mul_(10)
+    path = tmp_path / "two.ts"
+    torch.jit.save(torch.jit.script(net), str(path))
+    out = tmp_path / "o"
+    assert main(["invert", str(path), "--method", "forward", "--target", "4", "--n-samples", "5",
+                 "--input-shape", "1,8,8;12", "--input-range", "0,1", "--out", str(out), "--no-progress"]) == 0
+    s = load_file(str(out / "samples.safetensors"))
+    assert s["inputs.0"].shape == (5, 1, 8, 8) and s["inputs.1"].shape == (5, 12)
+    with torch.no_grad():
+        p = net(s["inputs.0"], s["inputs.1"]).softmax(1)
+    assert torch.allclose(p, s["probs"], atol=1e-5) and bool((p[:, 4] >= 0.9).all())
+    assert json.loads((out / "metrics.json").read_text())["input_shape"] == [[1, 8, 8], [12]]
+
+
 def test_invert_errors(tmp_path, capsys):
     assert main(["invert", str(tmp_path / "missing.pt"), "--target", "1", "--out", str(tmp_path)]) == 2
     assert "package.module:factory" in capsys.readouterr().err
