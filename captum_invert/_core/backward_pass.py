@@ -421,7 +421,8 @@ class BackwardPassInversion(InversionMethod):
             spread (float): piecewise-linear nets only: in ``[0, 1]``, how far from the
                 region's Chebyshev centre towards a uniform point of the region each sample
                 lies (see :meth:`PreimageRegion.sample`). The regions are kept in
-                ``self.last_regions`` (one per sample, None where no sample verified).
+                ``self.last_regions`` (one per sample, None where no sample verified; with
+                ``internal_batch_size``, those of the last batch).
 
         Returns:
             Tensor or (Tensor, Tensor): inputs ``(N, *input_shape)`` in the model's dtype and

@@ -117,9 +117,9 @@ class Linearization:
     pattern: Dict[str, Tensor] = field(default_factory=dict)
 
 
-def _f64(m: nn.Module, cache: dict) -> nn.Module:
+def _f64(m: nn.Module, cache: dict, device) -> nn.Module:
     if m not in cache:
-        c = copy.deepcopy(m).double()
+        c = copy.deepcopy(m).to(dtype=torch.float64, device=device)
         c.eval()
         cache[m] = c
     return cache[m]
@@ -178,7 +178,7 @@ def linearize(calls: Sequence, x0: Tensor) -> Linearization:
             x, J = m(x), m(J) if isinstance(m, nn.Unflatten) else J.reshape(d, *m(x).shape[1:])
             continue
         if isinstance(m, AFFINE_TYPES):
-            f = _f64(m, cache)
+            f = _f64(m, cache, x.device)
             with torch.no_grad():
                 y = f(x)
                 J = f(J) - f(torch.zeros_like(J[:1]))
