@@ -126,6 +126,10 @@ def test_generalized_inversion_routes_to_lp_and_plans_it(relu_nets):
     assert "analytic (LP)" in str(inv.plan)
     x = inv.attribute(target=2, n_samples=2, seed=0, input_range=BOX)
     assert inv.last_stats["route"] == "lp"
+    fast = GeneralizedInversion(net, input_shape=(1, 28, 28), lp=False)
+    assert "lp" not in fast.plan.kinds
+    fast.attribute(target=2, n_samples=2, seed=0, input_range=BOX)
+    assert fast.last_stats["route"] != "lp"
     assert bool((torch.softmax(net(x), 1)[:, 2] >= 0.9).all())
 
 
