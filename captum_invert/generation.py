@@ -16,23 +16,16 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from .checkpoint import METHODS, file_sha256 as _sha256
+
 __all__ = ["generate", "parse_targets", "read_manifest", "verify_shards", "ManifestError"]
 
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
-METHODS = ("forward", "generalized", "backward")
 
 
 class ManifestError(RuntimeError):
     """A generation directory that is incomplete, corrupted, or made with other arguments."""
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_hash(model) -> str:
