@@ -811,7 +811,7 @@ def _reduced_dist_residual(gl: Goal, logP: Tensor):
     read all ``C`` probabilities (the max-abs rule).
 
     ``goal_res.reach`` is a first phase of one residual (one product per step): the support's
-    target-weighted mean log-ratio to the rest, one-sided, until it is within half a nat. It
+    target-weighted mean log-ratio to the rest, one-sided, until it is within one nat. It
     lifts every support class together from a start where they carry no mass, which the ``k``
     residuals do in more, dearer steps."""
     P = gl.dist.to(logP)
@@ -849,25 +849,31 @@ def _reduced_dist_residual(gl: Goal, logP: Tensor):
     def reach_res(lp, idx):
         return deficit(lp, idx).clamp_min(0.0)[:, None], lp
 
-    def reach_done(xx, rr, idx, lp):  # within half a nat: the main phase finishes the work
-        return deficit(lp, idx) <= 0.5
+    def reach_done(xx, rr, idx, lp):  # within a nat: the main phase finishes the work
+        return deficit(lp, idx) <= 1.0
 
     # functions of the log-probabilities, like goal_res
     goal_res.reach = (reach_res, reach_done)
     return goal_res
 
 
+_MAIN_UPDATE = "adjoint"  # the main phase's Jacobian updates (benchmarks/big_outputs.py compares)
+
+
 def _phased_lm(res, done, reach, x0: Tensor, max_iter: int, bounds) -> LMResult:
     """:func:`levenberg_marquardt` on ``res``; with ``reach = (res1, done1)`` (a cheaper residual
     that gets a distribution target's support its mass, see :func:`_reduced_dist_residual`)
-    first up to ``max_iter`` iterations on it, then the main solve from there (iterations add)."""
+    first up to ``max_iter`` iterations on it, then the main solve from there (iterations add), whose
+    Jacobian is carried by adjoint Broyden updates: one vector-Jacobian product per step however
+    many residuals it has."""
     if reach is None:
         return levenberg_marquardt(res, x0, max_iter=max_iter, done_fn=done, bounds=bounds, has_aux=True)
     first = levenberg_marquardt(reach[0], x0, max_iter=max_iter, done_fn=reach[1], bounds=bounds,
                                 has_aux=True)
     ok = first.finite if first.finite is not None else torch.ones_like(first.done)
     x1 = torch.where(ok.reshape(-1, *[1] * (x0.dim() - 1)).to(x0.device), first.x, x0)
-    sol = levenberg_marquardt(res, x1, max_iter=max_iter, done_fn=done, bounds=bounds, has_aux=True)
+    sol = levenberg_marquardt(res, x1, max_iter=max_iter, done_fn=done, bounds=bounds, has_aux=True,
+                              update=_MAIN_UPDATE)
     sol.n_iter = sol.n_iter + first.n_iter
     return sol
 

@@ -8,6 +8,13 @@ accepted when the gain ratio ``rho`` (actual over predicted decrease of ``||r||^
 below a floor), ``mu *= nu, nu *= 2`` after a rejected one.
 Bounds are kept by projection, with the bound-active coordinates removed from ``J`` when the step
 pushes against them. Finished samples leave the batch and cost nothing more.
+
+With ``update='adjoint'`` the Jacobian is computed in full once, then carried from step to step by
+the adjoint Broyden update (Schlenkrich, Griewank and Walther, 2010): at each trial point one
+vector-Jacobian product along the residual's direction ``s = r / ||r||`` gives the exact row
+``s^T J``, and ``J <- J + s (s^T J_exact - s^T J)``. A step then costs one forward and one backward
+pass for any number of residuals; a rejected step recomputes the full Jacobian where it was
+estimated.
 """
 from __future__ import annotations
 
@@ -112,6 +119,7 @@ def levenberg_marquardt(
     damping_floor: float = 1e-9,
     jacobian: str = "auto",
     has_aux: bool = False,
+    update: str = "exact",
 ) -> LMResult:
     """Solve ``r(x) = 0`` for every sample of a batch.
 
@@ -130,12 +138,17 @@ def levenberg_marquardt(
         jacobian (str): ``'auto'``, ``'reverse'`` or ``'forward'``.
         has_aux (bool): ``residual_fn`` returns ``(r, aux)``; ``aux`` (e.g. the log-probabilities
             of the same forward pass) goes to ``done_fn``, saving a forward pass.
+        update (str): ``'exact'`` (the Jacobian at every trial point: m vector-Jacobian products
+            in reverse mode) or ``'adjoint'`` (adjoint Broyden updates: one product per step
+            after the first; reverse mode only, used when ``m > 1``).
 
     Returns:
         LMResult
     """
     if max_iter < 0:
         raise ValueError(f"`max_iter` must be >= 0, got {max_iter}")
+    if update not in ("exact", "adjoint"):
+        raise ValueError(f"`update` must be 'exact' or 'adjoint', got {update!r}")
     shape = x0.shape[1:]
     B = x0.shape[0]
     x = x0.detach().reshape(B, -1).clone()
@@ -157,6 +170,19 @@ def levenberg_marquardt(
     # residual and Jacobian at the current points; a trial point is evaluated with its Jacobian
     # in the same pass, so an accepted step (the usual case) costs one Jacobian evaluation
     r, J, aux = jac(all_idx, x)
+    adjoint = update == "adjoint" and jacobian != "forward" and 1 < r.shape[1] <= x.shape[1]
+    exact = torch.ones(B, dtype=torch.bool, device=dev)  # J is the true Jacobian (not an estimate)
+
+    def trial(idx, z, J_old):
+        if not adjoint:
+            return jac(idx, z)
+        out = vjp(f_for(idx), z, has_aux=has_aux)
+        rt, back = out[0].detach(), out[1]
+        s_ = rt / rt.norm(dim=1, keepdim=True).clamp_min(torch.finfo(rt.dtype).tiny)
+        sJ = back(s_)[0].detach()
+        Jt = J_old + s_[:, :, None] * (sJ - (s_[:, None, :] @ J_old).squeeze(1))[:, None, :]
+        return rt, Jt, (out[2].detach() if has_aux else None)
+
     with torch.no_grad():
         done = done_fn(x.view(B, *shape), r, all_idx, aux).to(dev)
     rnorm = r.norm(dim=1)
@@ -187,7 +213,7 @@ def levenberg_marquardt(
         xt = xa + dx
         if bounds is not None:
             xt = torch.maximum(torch.minimum(xt, bounds[1]), bounds[0])
-        rt, Jt, auxt = jac(act, xt)
+        rt, Jt, auxt = trial(act, xt, Ja)
         rtn = rt.norm(dim=1)
         dxe = xt - xa  # the step actually taken (after projection)
         pred = ra.pow(2).sum(1) - (ra + (Ja @ dxe.unsqueeze(-1)).squeeze(-1)).pow(2).sum(1)
@@ -199,12 +225,21 @@ def levenberg_marquardt(
             with torch.no_grad():
                 done = done_fn(x.view(B, *shape), r, act, auxt).to(dev)
             finite = torch.isfinite(J).flatten(1).all(1)
+            exact[:] = not adjoint
         elif acc.numel():
             x[acc], r[acc], J[acc], rnorm[acc] = xt[good], rt[good], Jt[good], rtn[good]
             with torch.no_grad():
                 done[acc] = done_fn(xt[good].view(len(acc), *shape), rt[good], acc,
                                     None if auxt is None else auxt[good]).to(dev)
             finite[acc] = torch.isfinite(Jt[good]).flatten(1).all(1)
+            exact[acc] = not adjoint
+        if adjoint:  # a rejected step from an estimated Jacobian: recompute it in full
+            redo = act[~good & ~exact[act] & ~done[act]]
+            if redo.numel():
+                r[redo], J[redo], _ = jac(redo, x[redo])
+                rnorm[redo] = r[redo].norm(dim=1)
+                exact[redo] = True
+                finite[redo] = torch.isfinite(J[redo]).flatten(1).all(1)
     return LMResult(x.view(B, *shape), done, n_iter, rnorm, finite, zero_grad)
 
 

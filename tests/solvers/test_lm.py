@@ -69,3 +69,48 @@ def test_matrix_free_solver_matches_the_explicit_one():
     c = levenberg_marquardt_cg(f, x0, max_iter=60, tol=1e-9, cg_iters=40)
     assert a.done.all() and c.done.all()
     assert torch.allclose(c.x, xs, atol=1e-6) and torch.allclose(a.x, xs, atol=1e-6)
+
+
+class _CountBackward(torch.autograd.Function):
+    calls = 0
+
+    @staticmethod
+    def forward(x):
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        _CountBackward.calls += 1
+        return g
+
+
+def test_adjoint_update_costs_one_product_per_step():
+    torch.manual_seed(0)
+    m, n = 6, 40
+    A, Bm = torch.randn(m, 20, dtype=torch.float64) / 4, torch.randn(20, n, dtype=torch.float64) / 6
+    y = torch.randn(4, m, dtype=torch.float64)
+    x0 = torch.zeros(4, n, dtype=torch.float64)
+
+    def solve(res, update):
+        _CountBackward.calls = 0
+        sol = levenberg_marquardt(res, x0, max_iter=60, tol=1e-8, update=update)
+        assert bool(sol.done.all()), update
+        assert float(res(sol.x, torch.arange(4)).norm(dim=1).max()) <= 1e-8
+        return _CountBackward.calls, int(sol.n_iter.max())
+
+    # linear residuals: the update keeps the Jacobian exact, so every step is accepted and costs
+    # one product after the first m
+    lin = lambda x, idx: _CountBackward.apply(x) @ (A @ Bm).T - y[idx]  # noqa: E731
+    calls, iters = solve(lin, "adjoint")
+    assert calls == m + iters
+    calls, iters = solve(lin, "exact")
+    assert calls == m * (iters + 1)
+    # nonlinear ones still converge, for fewer products in all
+    nonlin = lambda x, idx: torch.tanh(_CountBackward.apply(x) @ Bm.T) @ A.T - y[idx]  # noqa: E731
+    assert solve(nonlin, "adjoint")[0] < solve(nonlin, "exact")[0]
+    with pytest.raises(ValueError, match="update"):
+        levenberg_marquardt(lin, x0, update="broyden")
