@@ -422,7 +422,32 @@ def main(argv: Optional[List[str]] = None) -> int:
     g.add_argument("--threads", type=int, default=None, help="torch threads per process")
     g.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
     g.add_argument("--no-progress", action="store_true")
+    h = sub.add_parser("harden", help="fine-tune a copy of your model against its own undesirable "
+                       "inversions; writes the hardened weights and the per-round report")
+    h.add_argument("model", help="a TorchScript file, a torch.export program (.pt2), or package.module:factory")
+    h.add_argument("--weights", default=None, help="a state dict for the package.module:factory form")
+    h.add_argument("--dataset", choices=["digits", "mnist"], default="digits",
+                   help="the clean training data (images 1x28x28 in [0, 1], labels 0-9)")
+    h.add_argument("--data-root", default=None, help="directory of MNIST IDX files (or set CAPTUM_INVERT_MNIST)")
+    h.add_argument("--judge", default=None, help="the independent criterion: a classifier in any MODEL form "
+                   "(default: train the built-in judge CNN on the data)")
+    h.add_argument("--judge-weights", default=None, help="a state dict for a package.module:factory judge")
+    h.add_argument("--judge-epochs", type=int, default=12)
+    h.add_argument("--no-judge", action="store_true",
+                   help="use the distance to the training images as the criterion instead of a judge")
+    h.add_argument("--method", choices=["forward", "generalized", "backward"], default="forward")
+    h.add_argument("--rounds", type=int, default=5)
+    h.add_argument("--per-class", type=int, default=64, help="inversions generated per class and round")
+    h.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per round")
+    h.add_argument("--lr", type=float, default=5e-4)
+    h.add_argument("--attack-per-class", type=int, default=10, help="starts per class of the report's attacks")
+    h.add_argument("--adam-steps", type=int, default=400, help="steps of the report's projected Adam attack")
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--out", default="harden_out", help="output directory")
+    h.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "harden":
+        return _harden(args)
     if args.command == "invert":
         return _invert(args)
     if args.command == "generate":
@@ -479,6 +504,52 @@ def _generate(args) -> int:
     if "complete" in m:
         print(f"{m['n_samples']} verified samples in {len(m['shards'])} shards ({m['failed']} failed); "
               f"wrote {os.path.join(args.out, 'manifest.json')}")
+    return 0
+
+
+def _harden(args) -> int:
+    import torch
+
+    from .checkpoint import load_model
+    from .datasets import load_dataset
+    from .hardening import harden
+    from .models import accuracy, train_judge
+
+    try:
+        if min(args.per_class, args.epochs, args.attack_per_class, args.adam_steps, args.judge_epochs) < 1 \
+                or args.rounds < 0:
+            raise ValueError("--rounds must be >= 0; --per-class, --epochs, --attack-per-class, "
+                             "--adam-steps and --judge-epochs >= 1")
+        if args.no_judge and args.judge:
+            raise ValueError("--no-judge and --judge exclude each other")
+        model, info = load_model(args.model, args.weights)
+        tr = load_dataset(args.dataset, "train", args.data_root)
+        te = load_dataset(args.dataset, "test", args.data_root)
+        if args.no_judge:
+            judge = None
+        elif args.judge:
+            judge = load_model(args.judge, args.judge_weights)[0]
+        else:
+            judge = train_judge(tr, epochs=args.judge_epochs, progress=not args.no_progress)
+        t0 = time.perf_counter()
+        hardened, report = harden(model, tr, judge=judge, rounds=args.rounds, per_class=args.per_class,
+                                  method=args.method, epochs=args.epochs, lr=args.lr, eval_data=te,
+                                  attack_per_class=args.attack_per_class, adam_steps=args.adam_steps,
+                                  seed=args.seed, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"captum-invert: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(hardened.state_dict(), out / "hardened_state_dict.pt")
+    meta = {"model": info, "dataset": args.dataset, "criterion": "judge" if judge is not None else "distance",
+            "judge_accuracy": accuracy(judge, te) if judge is not None else None,
+            "seconds": round(time.perf_counter() - t0, 1), "rounds": report.rounds,
+            "arguments": {k: v for k, v in vars(args).items() if k != "command"}}
+    (out / "report.json").write_text(json.dumps(meta, indent=2, default=str))
+    (out / "report.md").write_text(report.table() + "\n")
+    print(report.table())
+    print(f"wrote {out / 'hardened_state_dict.pt'}, report.json, report.md")
     return 0
 
 

@@ -177,13 +177,27 @@ def _fine_tune(model: nn.Module, data: TensorDataset, reject: Optional[Tensor], 
     return model.eval()
 
 
+def _trainable_copy(model: nn.Module) -> nn.Module:
+    """A deep copy whose parameters are leaves (a TorchScript module's ``deepcopy`` clones them
+    through autograd when they require grad, so it goes through ``torch.jit.save`` / ``load``)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        import io
+
+        buf = io.BytesIO()
+        torch.jit.save(model, buf)
+        buf.seek(0)
+        dev = next(iter(model.parameters()), torch.empty(0)).device
+        return torch.jit.load(buf, map_location=dev)
+    return copy.deepcopy(model)
+
+
 def _accuracy(model, data: TensorDataset) -> float:
     from .models import accuracy
 
     return accuracy(model, data)
 
 
-def harden(model: nn.Module, dataset: TensorDataset, judge: Optional[nn.Module] = None, rounds: int = 3,
+def harden(model: nn.Module, dataset: TensorDataset, judge: Optional[nn.Module] = None, rounds: int = 5,
            per_class: int = 64, method: str = "forward", input_range=(0.0, 1.0), epochs: int = 2,
            lr: float = 5e-4, batch_size: int = 128, weight: float = 1.0, eval_data: Optional[TensorDataset] = None,
            attack_per_class: int = 10, adam_steps: int = 400, seed: int = 0, workdir=None,
@@ -221,7 +235,7 @@ def harden(model: nn.Module, dataset: TensorDataset, judge: Optional[nn.Module] 
     n_classes = int(y.max()) + 1
     thr = None if judge is not None else _nn_threshold(x, y, n_classes)
     ev = eval_data or dataset
-    net = copy.deepcopy(model).eval()
+    net = _trainable_copy(model).eval()
     for p in net.parameters():
         p.requires_grad_(True)
     report = HardenReport()
@@ -262,7 +276,7 @@ def acet(model: nn.Module, dataset: TensorDataset, epochs: int = 4, lr: float = 
     inputs (their confidence pushed down). Returns the copy in eval mode."""
     lo, hi = input_range
     g = torch.Generator().manual_seed(seed)
-    net = copy.deepcopy(model)
+    net = _trainable_copy(model)
     for p in net.parameters():
         p.requires_grad_(True)
 
