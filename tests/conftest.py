@@ -67,6 +67,24 @@ class OutsideCNN(nn.Module):  # written the way a user would, nothing from the p
         return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
 
 
+@pytest.fixture
+def user_factory(tmp_path, monkeypatch):
+    """A module ``usernets`` written outside the project (in ``tmp_path``, on ``sys.path``) whose
+    ``make()`` builds a small SELU MLP: the ``package.module:factory`` form of a user's model."""
+    import importlib
+    import sys
+    import textwrap
+
+    (tmp_path / "usernets.py").write_text(textwrap.dedent("""
+        from torch import nn
+        def make():
+            return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.SELU(), nn.Linear(32, 10))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "usernets", raising=False)
+    return importlib.import_module("usernets")
+
+
 def fit_on_digits(net, steps=300):
     from captum_invert.datasets import load_dataset
 

@@ -2,11 +2,9 @@
 hardened; the file is untouched, the hardened weights load into the same architecture and
 differ, and the report has a row per round."""
 import json
-import textwrap
 
 import pytest
 import torch
-from torch import nn
 
 from captum_invert.cli import main
 
@@ -14,58 +12,49 @@ FAST = ["--dataset", "digits", "--rounds", "1", "--per-class", "4", "--epochs", 
         "--adam-steps", "20", "--no-progress"]
 
 
-def _make():
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.SELU(), nn.Linear(32, 10))
-
-
 @pytest.fixture
-def user_net(tmp_path, digits, monkeypatch):
+def user_net(tmp_path, digits, user_factory):
     from captum_invert.models import TrainConfig, train
 
-    (tmp_path / "hardnets.py").write_text(textwrap.dedent("""
-        from torch import nn
-        def make():
-            return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.SELU(), nn.Linear(32, 10))
-    """))
-    monkeypatch.syspath_prepend(str(tmp_path))
     torch.manual_seed(0)
-    net = train(_make(), digits[0], TrainConfig(epochs=3, lr=1e-3, optimizer="adam"), progress=False).eval()
+    net = train(user_factory.make(), digits[0], TrainConfig(epochs=3, lr=1e-3, optimizer="adam"),
+                progress=False).eval()
     torch.save(net.state_dict(), tmp_path / "w.pt")
     return net
 
 
-def _check(out, net):
+def _check(out, net, make):
     rep = json.loads((out / "report.json").read_text())
     assert [r["round"] for r in rep["rounds"]] == [0, 1] and rep["rounds"][1]["kept"] > 0
     assert "| round |" in (out / "report.md").read_text()
     sd = torch.load(out / "hardened_state_dict.pt", weights_only=True)
-    fresh = _make()
+    fresh = make()
     fresh.load_state_dict(sd)  # the same architecture
     assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), net.state_dict().values()))
     return rep
 
 
-def test_harden_factory_with_weights_and_distance_criterion(tmp_path, user_net):
+def test_harden_factory_with_weights_and_distance_criterion(tmp_path, user_net, user_factory):
     w = (tmp_path / "w.pt").read_bytes()
     out = tmp_path / "o"
-    assert main(["harden", "hardnets:make", "--weights", str(tmp_path / "w.pt"), "--no-judge",
+    assert main(["harden", "usernets:make", "--weights", str(tmp_path / "w.pt"), "--no-judge",
                  "--out", str(out)] + FAST) == 0
-    rep = _check(out, user_net)
+    rep = _check(out, user_net, user_factory.make)
     assert rep["criterion"] == "distance" and (tmp_path / "w.pt").read_bytes() == w
 
 
-def test_harden_torchscript_with_a_judge(tmp_path, user_net):
+def test_harden_torchscript_with_a_judge(tmp_path, user_net, user_factory):
     ts = tmp_path / "net.ts"
     torch.jit.save(torch.jit.script(user_net), ts)
     out = tmp_path / "o"
     assert main(["harden", str(ts), "--judge-epochs", "1", "--out", str(out)] + FAST) == 0
-    rep = _check(out, user_net)
+    rep = _check(out, user_net, user_factory.make)
     assert rep["criterion"] == "judge" and 0 <= rep["judge_accuracy"] <= 1
 
 
 def test_harden_bad_arguments(tmp_path, user_net, capsys):
-    assert main(["harden", "hardnets:make", "--weights", str(tmp_path / "w.pt"), "--rounds", "-1",
+    assert main(["harden", "usernets:make", "--weights", str(tmp_path / "w.pt"), "--rounds", "-1",
                  "--out", str(tmp_path / "o")]) == 2
     assert "--rounds" in capsys.readouterr().err
-    assert main(["harden", "hardnets:make", "--no-judge", "--judge", "x.ts"]) == 2
+    assert main(["harden", "usernets:make", "--no-judge", "--judge", "x.ts"]) == 2
     assert "exclude" in capsys.readouterr().err

@@ -1,6 +1,5 @@
 """``captum-invert invert MODEL`` on models saved outside the project, and a light ``--help``."""
 import json
-import textwrap
 
 import pytest
 import torch
@@ -57,18 +56,9 @@ def test_invert_exported_program_with_a_distribution(tmp_path, cnn):
     assert m["model"]["kind"] == "torch.export"
 
 
-def test_invert_factory_with_weights(tmp_path, cnn, monkeypatch):
-    (tmp_path / "usernets.py").write_text(textwrap.dedent("""
-        import torch
-        from torch import nn
-        def make():
-            return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.SELU(), nn.Linear(32, 10))
-    """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import usernets
-
+def test_invert_factory_with_weights(tmp_path, cnn, user_factory):
     torch.manual_seed(1)
-    net = _fit(usernets.make())
+    net = _fit(user_factory.make())
     torch.save({"state_dict": net.state_dict()}, tmp_path / "w.pt")
     out = tmp_path / "o"
     assert main(["invert", "usernets:make", "--weights", str(tmp_path / "w.pt"), "--method", "backward",
