@@ -857,15 +857,16 @@ def _reduced_dist_residual(gl: Goal, logP: Tensor):
     return goal_res
 
 
-_MAIN_UPDATE = "adjoint"  # the main phase's Jacobian updates (benchmarks/big_outputs.py compares)
+# the main phase's Jacobian: exact at every step. Adjoint Broyden updates (one product per step)
+# cut the time on a random-weight 1000-class resnet18 by a third, but on briefly trained zoo nets
+# they verified fewer samples (mobilenet 3/6 against 6/6); benchmarks/big_outputs.py compares both
+_MAIN_UPDATE = "exact"
 
 
 def _phased_lm(res, done, reach, x0: Tensor, max_iter: int, bounds) -> LMResult:
     """:func:`levenberg_marquardt` on ``res``; with ``reach = (res1, done1)`` (a cheaper residual
     that gets a distribution target's support its mass, see :func:`_reduced_dist_residual`)
-    first up to ``max_iter`` iterations on it, then the main solve from there (iterations add), whose
-    Jacobian is carried by adjoint Broyden updates: one vector-Jacobian product per step however
-    many residuals it has."""
+    first up to ``max_iter`` iterations on it, then the main solve from there (iterations add)."""
     if reach is None:
         return levenberg_marquardt(res, x0, max_iter=max_iter, done_fn=done, bounds=bounds, has_aux=True)
     first = levenberg_marquardt(reach[0], x0, max_iter=max_iter, done_fn=reach[1], bounds=bounds,
