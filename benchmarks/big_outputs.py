@@ -4,9 +4,7 @@ A torchvision resnet18 (1000 classes, 3x224x224; random weights, as none can be 
 here) is inverted by ForwardPassInversion towards class 1, and towards a distribution with mass
 0.5 / 0.3 / 0.2 on classes 1, 2, 3 (atol 0.02), after one warm-up call. Printed per seed:
 seconds, ratio to that seed's class target, verified share, max-abs delta, iterations and the
-process's peak resident memory; then the ratio of the summed times. The distribution runs
-twice: with the exact Jacobian at every step (the default) and with adjoint Broyden updates of it
-(``--no-adjoint`` leaves that out). The old path (one residual per class, one backward pass
+process's peak resident memory; then the ratio of the summed times. The old path (one residual per class, one backward pass
 each per step) is timed for one step from 20 products and extrapolated to 1000.
 
     python benchmarks/big_outputs.py [--n-samples 2] [--seeds 0 1 2 3]
@@ -22,7 +20,6 @@ import torchvision
 from torch.func import vjp
 
 from captum_invert import ForwardPassInversion
-from captum_invert._core import base
 
 
 def peak_gb() -> float:
@@ -33,7 +30,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-samples", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    ap.add_argument("--no-adjoint", action="store_true", help="leave out the adjoint-update run")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=1000).eval()
@@ -44,14 +40,11 @@ def main() -> None:
     print(f"{'seed':>4} {'target':>14} {'s':>7} {'x class':>8} {'verified':>9} {'max delta':>10} "
           f"{'iters':>6} {'peak GB':>8}")
     inv.attribute(target=1, n_samples=1, seed=99, max_iter=2, allow_unverified=True)  # warm-up
-    runs = [("class 1", 1, "exact"), ("0.5/0.3/0.2", dist, "exact")]
-    if not args.no_adjoint:
-        runs.append(("... adjoint J", dist, "adjoint"))
-    totals = {name: 0.0 for name, _, _ in runs}
+    runs = [("class 1", 1), ("0.5/0.3/0.2", dist)]
+    totals = {name: 0.0 for name, _ in runs}
     for seed in args.seeds:
         t_class = None
-        for name, target, update in runs:
-            base._MAIN_UPDATE = update
+        for name, target in runs:
             t0 = time.perf_counter()
             x, d = inv.attribute(target=target, n_samples=args.n_samples, seed=seed, atol=0.02,
                                  return_convergence_delta=True, allow_unverified=True)
@@ -61,8 +54,7 @@ def main() -> None:
             ok = (d <= (0.1 if name.startswith("class") else 0.02)).float().mean()
             print(f"{seed:>4} {name:>14} {s:7.2f} {s / t_class:8.2f} {100 * float(ok):8.0f}% "
                   f"{float(d.max()):10.4f} {inv.last_stats.get('mean_iterations', 0):6.1f} {peak_gb():8.2f}")
-    base._MAIN_UPDATE = "exact"
-    for name, _, _ in runs[1:]:
+    for name, _ in runs[1:]:
         print(f"summed over seeds: {name} takes {totals[name] / totals['class 1']:.2f}x the class target")
     # the old path: C residuals, one backward pass each per step
     x = torch.randn(args.n_samples, 3, 224, 224)

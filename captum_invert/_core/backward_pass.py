@@ -446,7 +446,7 @@ class BackwardPassInversion(InversionMethod):
             self._need_softmax(kind, "BackwardPassInversion")
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
             tail = self._output_tail(trace)
-            self._check_reachable(goal, tail, "BackwardPassInversion", allow_unverified)
+            self._check_reachable(goal, tail, "BackwardPassInversion", allow_unverified, trace, kind)
             lp = self._lp_setup(trace, cond_num, margin)
             if lp is not None:
                 if not 0.0 <= float(spread) <= 1.0:

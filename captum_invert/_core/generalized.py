@@ -151,7 +151,8 @@ class GeneralizedInversion(InversionMethod):
         with model_mode_guard(self.forward_func):
             kind, n_classes, trace = self._probe()
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
-            self._check_reachable(goal, self._output_tail(trace), "GeneralizedInversion", allow_unverified)
+            self._check_reachable(goal, self._output_tail(trace), "GeneralizedInversion", allow_unverified,
+                                  trace, kind)
             compiled = isinstance(self.forward_func, CompiledModel)  # opaque: one LM block
             blocks = None if compiled else self.plan.blocks
             tgt = goal.labels.tolist() if goal.labels is not None else goal.dist
@@ -299,6 +300,9 @@ class GeneralizedInversion(InversionMethod):
         v0 = v0.to(dtype)
         goal_res, done = self._log_prob_goal(gl, dtype, 0.5 if head is not None else 0.1)
 
+        # weaker than the goal's weakest residual (a distribution's scaled group residual)
+        pref = 0.5 * getattr(goal_res, "weakest", 1.0)
+
         def res(v, idx):
             lp = self.log_probs_from(run(v), kind)
             r, aux = goal_res(lp, idx)
@@ -310,7 +314,7 @@ class GeneralizedInversion(InversionMethod):
                 # bounded and weaker than the goal: a preference, never in the goal's way when
                 # the opaque block cannot reach it (e.g. a LayerNorm's fixed-norm output)
                 dev = ((h * n[idx].to(h)).sum(1) - c[idx].to(h)) / s[idx].to(h)
-                r = torch.cat([r, (0.5 * torch.tanh(dev))[:, None]], 1)
+                r = torch.cat([r, (pref * torch.tanh(dev))[:, None]], 1)
             return r, aux
 
         try:
