@@ -57,21 +57,20 @@ class NormHead:
                 f"`{self.norm_name}`) before its last Linear (`{self.head_name}`), which bounds the logits")
 
     def project(self, n: Tensor) -> Tensor:
-        if self.zero_mean:
-            n = n - n.mean(-1, keepdim=True)
+        n = self._tangent(n)
         return n * (self.radius / n.norm(dim=-1, keepdim=True).clamp_min(self.radius))
+
+    def _tangent(self, g: Tensor) -> Tensor:
+        return g - g.mean(-1, keepdim=True) if self.zero_mean else g
 
     def vertex(self, g: Tensor) -> Tensor:
         """``argmax_n g . n`` over the set, ``(k, d)``."""
-        if self.zero_mean:
-            g = g - g.mean(-1, keepdim=True)
+        g = self._tangent(g)
         return self.radius * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-300)
 
     def support(self, g: Tensor) -> Tensor:
         """``max_n g . n`` over the set, ``(k,)`` for ``g`` ``(k, d)``."""
-        if self.zero_mean:
-            g = g - g.mean(-1, keepdim=True)
-        return self.radius * g.norm(dim=-1)
+        return self.radius * self._tangent(g).norm(dim=-1)
 
 
 def _norm_affine(norm: nn.Module, d: int):
@@ -182,6 +181,8 @@ def _ascend(nh: NormHead, f: Callable[..., Tensor], k: int, stop, steps: int, fw
         sched.step()
         with torch.no_grad():
             n.copy_(nh.project(n))
+    if not bool(live.any()):  # every row reached ``stop``: nothing to bound
+        return torch.full((k,), math.inf, dtype=torch.float64)
     # Frank-Wolfe with a line search: on a ball (a strongly convex set) its gap closes fast
     gam = torch.logspace(-4, 0, 24, dtype=torch.float64)
     m = best_n
