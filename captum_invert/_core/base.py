@@ -169,6 +169,10 @@ class InversionMethod(Attribution):
     #: run the first-order escalation (:meth:`_escalate`) of stalled solves; False restores the
     #: Levenberg-Marquardt-only path (for before/after benchmarks)
     _escalation: bool = True
+    #: weight of the past in the Jacobian of the Levenberg-Marquardt steps (``averaging`` of
+    #: :func:`~captum_invert.solvers.levenberg_marquardt`); 0.0 restores the pointwise Jacobian
+    #: (for before/after benchmarks)
+    _jacobian_averaging: float = 0.5
 
     def __init__(self, forward_func, input_shape: Optional[Sequence[int]] = None) -> None:
         if not callable(forward_func):
@@ -698,7 +702,7 @@ class InversionMethod(Attribution):
             reach = getattr(goal_res, "reach", None) if residual == "log_prob" and not use_tail else None
             if reach is not None:
                 reach = (lambda xx, idx, r1=reach[0]: r1(lp_of(xx), idx), reach[1])
-            sol = _phased_lm(res, done, reach, x0, max_iter, input_range)
+            sol = _phased_lm(res, done, reach, x0, max_iter, input_range, self._jacobian_averaging)
             sol = self._escalate(res, done, sol, input_range, max_iter)
         finally:
             if handle is not None:
@@ -872,10 +876,12 @@ def _reduced_dist_residual(gl: Goal, logP: Tensor):
     A step then costs ``k`` (or ``k + 1``) vector-Jacobian products instead of ``C``; ``done``
     and verification still read all ``C`` probabilities (the max-abs rule).
 
-    ``goal_res.reach`` is a first phase of one residual (one product per step): the support's
-    target-weighted mean log-ratio to the rest, one-sided, until it is within one nat. It
-    lifts every support class together from a start where they carry no mass, which the ``k``
-    residuals do in more, dearer steps."""
+    ``goal_res.reach`` is a first phase of one residual (one product per step): the norm of the
+    ``k`` gaps between each support class's log-ratio to the rest and its aim, until their
+    target-weighted mean is within one nat. It lifts every support class from a start where they
+    carry no mass, each in proportion to its gap, which the ``k`` residuals do in dearer steps;
+    where the gaps' gradients are near orthogonal and of like size (as on a wide network) the
+    Gauss-Newton step on the norm equals the one on the ``k`` gaps."""
     P = gl.dist.to(logP)
     C = gl.n_classes
     keep = P > gl.atol / 2
@@ -917,32 +923,34 @@ def _reduced_dist_residual(gl: Goal, logP: Tensor):
     w = P.gather(1, S).masked_fill(~maskS, 0.0)
     w = w / w.sum(1, keepdim=True)
 
-    def deficit(lp, idx):
+    def gaps(lp, idx):  # (N, k): each support class's log-ratio to the rest, short of its aim
         rest = torch.logsumexp(lp.masked_fill(keep[idx], -math.inf), 1, keepdim=True)
-        return (w[idx] * (ratio[idx] - (lp.gather(1, S[idx]) - rest))).sum(1)
+        return (ratio[idx] - (lp.gather(1, S[idx]) - rest)).masked_fill(~maskS[idx], 0.0)
 
-    def reach_res(lp, idx):
-        return deficit(lp, idx).clamp_min(0.0)[:, None], lp
+    def reach_res(lp, idx):  # one residual, so one product per step
+        return gaps(lp, idx).norm(dim=1, keepdim=True), lp
 
-    def reach_done(xx, rr, idx, lp):  # within a nat: the main phase finishes the work
-        return deficit(lp, idx) <= 1.0
+    def reach_done(xx, rr, idx, lp):  # within a nat on the mean: the main phase finishes the work
+        return (w[idx] * gaps(lp, idx)).sum(1) <= 1.0
 
     # functions of the log-probabilities, like goal_res
     goal_res.reach = (reach_res, reach_done)
     return goal_res
 
 
-def _phased_lm(res, done, reach, x0: Tensor, max_iter: int, bounds) -> LMResult:
+def _phased_lm(res, done, reach, x0: Tensor, max_iter: int, bounds, averaging: float = 0.0) -> LMResult:
     """:func:`levenberg_marquardt` on ``res``; with ``reach = (res1, done1)`` (a cheaper residual
     that gets a distribution target's support its mass, see :func:`_reduced_dist_residual`)
     first up to ``max_iter`` iterations on it, then the main solve from there (iterations add)."""
     if reach is None:
-        return levenberg_marquardt(res, x0, max_iter=max_iter, done_fn=done, bounds=bounds, has_aux=True)
+        return levenberg_marquardt(res, x0, max_iter=max_iter, done_fn=done, bounds=bounds, has_aux=True,
+                                   averaging=averaging)
     first = levenberg_marquardt(reach[0], x0, max_iter=max_iter, done_fn=reach[1], bounds=bounds,
-                                has_aux=True)
+                                has_aux=True, averaging=averaging)
     ok = first.finite if first.finite is not None else torch.ones_like(first.done)
     x1 = torch.where(ok.reshape(-1, *[1] * (x0.dim() - 1)).to(x0.device), first.x, x0)
-    sol = levenberg_marquardt(res, x1, max_iter=max_iter, done_fn=done, bounds=bounds, has_aux=True)
+    sol = levenberg_marquardt(res, x1, max_iter=max_iter, done_fn=done, bounds=bounds, has_aux=True,
+                              averaging=averaging)
     sol.n_iter = sol.n_iter + first.n_iter
     return sol
 

@@ -120,6 +120,7 @@ def levenberg_marquardt(
     jacobian: str = "auto",
     has_aux: bool = False,
     update: str = "exact",
+    averaging: float = 0.0,
 ) -> LMResult:
     """Solve ``r(x) = 0`` for every sample of a batch.
 
@@ -141,6 +142,12 @@ def levenberg_marquardt(
         update (str): ``'exact'`` (the Jacobian at every trial point: m vector-Jacobian products
             in reverse mode) or ``'adjoint'`` (adjoint Broyden updates: one product per step
             after the first; reverse mode only, used when ``m > 1``).
+        averaging (float): weight ``beta`` in ``[0, 1)`` of the past in the Jacobian that the
+            steps use, ``J_bar <- beta J_bar + (1 - beta) J(x)`` after each accepted step (reset
+            to ``J(x)`` after a rejected one); 0 is the plain Jacobian. The change
+            ``r(x + dx) - r(x)`` is the Jacobian averaged along the step; on a ReLU network the
+            pointwise Jacobian is piecewise constant and varies from point to point, and
+            successive plain steps partly undo each other. Exact updates only.
 
     Returns:
         LMResult
@@ -149,6 +156,8 @@ def levenberg_marquardt(
         raise ValueError(f"`max_iter` must be >= 0, got {max_iter}")
     if update not in ("exact", "adjoint"):
         raise ValueError(f"`update` must be 'exact' or 'adjoint', got {update!r}")
+    if not 0.0 <= averaging < 1.0:
+        raise ValueError(f"`averaging` must be in [0, 1), got {averaging}")
     shape = x0.shape[1:]
     B = x0.shape[0]
     x = x0.detach().reshape(B, -1).clone()
@@ -193,12 +202,14 @@ def levenberg_marquardt(
     nu = torch.full((B,), 2.0, dtype=x.dtype, device=dev)
     m = r.shape[1]
     eye = torch.eye(m, dtype=x.dtype, device=dev)
+    beta = averaging if not adjoint else 0.0
+    Jbar = J.clone() if beta > 0 else J  # the Jacobian the steps use
     for _ in range(max_iter):
         act = (~done & finite & ~zero_grad).nonzero().squeeze(1)
         if act.numel() == 0:
             break
         full = act.numel() == B  # every sample active: work on the tensors, no gathers
-        xa, ra, Ja = (x, r, J) if full else (x[act], r[act], J[act])
+        xa, ra, Ja = (x, r, Jbar) if full else (x[act], r[act], Jbar[act])
         JJ = Ja @ Ja.transpose(1, 2)
         scale = JJ.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(x.dtype).tiny)
         lam = (mu[act] * scale)[:, None, None]
@@ -213,7 +224,7 @@ def levenberg_marquardt(
         xt = xa + dx
         if bounds is not None:
             xt = torch.maximum(torch.minimum(xt, bounds[1]), bounds[0])
-        rt, Jt, auxt = trial(act, xt, Ja)
+        rt, Jt, auxt = trial(act, xt, J if full else J[act])
         rtn = rt.norm(dim=1)
         dxe = xt - xa  # the step actually taken (after projection)
         pred = ra.pow(2).sum(1) - (ra + (Ja @ dxe.unsqueeze(-1)).squeeze(-1)).pow(2).sum(1)
@@ -221,18 +232,25 @@ def levenberg_marquardt(
         n_iter[act] += 1
         acc = act[good]
         if full and bool(good.all()):
+            Jbar = beta * Jbar + (1 - beta) * Jt if beta > 0 else Jt
             x, r, J, rnorm = xt, rt, Jt, rtn
             with torch.no_grad():
                 done = done_fn(x.view(B, *shape), r, act, auxt).to(dev)
             finite = torch.isfinite(J).flatten(1).all(1)
             exact[:] = not adjoint
         elif acc.numel():
+            if beta > 0:
+                Jbar[acc] = beta * Jbar[acc] + (1 - beta) * Jt[good]
             x[acc], r[acc], J[acc], rnorm[acc] = xt[good], rt[good], Jt[good], rtn[good]
             with torch.no_grad():
                 done[acc] = done_fn(xt[good].view(len(acc), *shape), rt[good], acc,
                                     None if auxt is None else auxt[good]).to(dev)
             finite[acc] = torch.isfinite(Jt[good]).flatten(1).all(1)
             exact[acc] = not adjoint
+        if beta > 0:  # a rejected step: back to the Jacobian at the point
+            bad = act[~good]
+            if bad.numel():
+                Jbar[bad] = J[bad]
         if adjoint:  # a rejected step from an estimated Jacobian: recompute it in full
             redo = act[~good & ~exact[act] & ~done[act]]
             if redo.numel():

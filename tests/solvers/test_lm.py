@@ -114,3 +114,15 @@ def test_adjoint_update_costs_one_product_per_step():
     assert solve(nonlin, "adjoint")[0] < solve(nonlin, "exact")[0]
     with pytest.raises(ValueError, match="update"):
         levenberg_marquardt(lin, x0, update="broyden")
+
+
+def test_averaging_is_checked_and_zero_is_the_plain_solver():
+    x0 = torch.tensor([[-1.2, 1.0], [2.0, -1.0]], dtype=torch.float64)
+    plain = levenberg_marquardt(_rosenbrock, x0, max_iter=200, tol=1e-12)
+    zero = levenberg_marquardt(_rosenbrock, x0, max_iter=200, tol=1e-12, averaging=0.0)
+    assert torch.equal(plain.x, zero.x) and torch.equal(plain.n_iter, zero.n_iter)
+    avg = levenberg_marquardt(_rosenbrock, x0, max_iter=400, tol=1e-12, averaging=0.5)
+    assert avg.done.all() and torch.allclose(avg.x, torch.ones_like(avg.x), atol=1e-6)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="averaging"):
+            levenberg_marquardt(_rosenbrock, x0, averaging=bad)
