@@ -147,7 +147,7 @@ def levenberg_marquardt(
             to ``J(x)`` after a rejected one); 0 is the plain Jacobian. The change
             ``r(x + dx) - r(x)`` is the Jacobian averaged along the step; on a ReLU network the
             pointwise Jacobian is piecewise constant and varies from point to point, and
-            successive plain steps partly undo each other. Exact updates only.
+            successive plain steps partly undo each other. Only with ``update='exact'``.
 
     Returns:
         LMResult
@@ -158,6 +158,8 @@ def levenberg_marquardt(
         raise ValueError(f"`update` must be 'exact' or 'adjoint', got {update!r}")
     if not 0.0 <= averaging < 1.0:
         raise ValueError(f"`averaging` must be in [0, 1), got {averaging}")
+    if averaging > 0 and update == "adjoint":
+        raise ValueError("`averaging` needs update='exact': the adjoint updates already carry an estimated Jacobian")
     shape = x0.shape[1:]
     B = x0.shape[0]
     x = x0.detach().reshape(B, -1).clone()
@@ -202,7 +204,7 @@ def levenberg_marquardt(
     nu = torch.full((B,), 2.0, dtype=x.dtype, device=dev)
     m = r.shape[1]
     eye = torch.eye(m, dtype=x.dtype, device=dev)
-    beta = averaging if not adjoint else 0.0
+    beta = averaging
     Jbar = J.clone() if beta > 0 else J  # the Jacobian the steps use
     for _ in range(max_iter):
         act = (~done & finite & ~zero_grad).nonzero().squeeze(1)

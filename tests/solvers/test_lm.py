@@ -126,3 +126,5 @@ def test_averaging_is_checked_and_zero_is_the_plain_solver():
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="averaging"):
             levenberg_marquardt(_rosenbrock, x0, averaging=bad)
+    with pytest.raises(ValueError, match="averaging.*exact"):
+        levenberg_marquardt(_rosenbrock, x0, averaging=0.5, update="adjoint")
