@@ -41,6 +41,7 @@ ZOO = ["bn-mlp", "selu-logits", "resnet18 (torchvision)", "mobilenet_v3_small (t
 def run(cls, net, jobs, escalate, shape=None):
     """``jobs``: (target, n_samples, seed). Per b: (verified, requested, refused, s, iterations, escalated)."""
     out = []
+    before = InversionMethod._jacobian_averaging, InversionMethod._escalation
     for b in BETAS:
         InversionMethod._jacobian_averaging, InversionMethod._escalation = b, escalate
         ok = req = refused = esc = 0
@@ -60,7 +61,7 @@ def run(cls, net, jobs, escalate, shape=None):
             its.append(inv.last_stats.get("mean_iterations", float("nan")))
             esc += inv.last_stats.get("escalated", 0)
         out.append((ok, req, refused, time.perf_counter() - t0, sum(its) / max(len(its), 1), esc))
-    InversionMethod._jacobian_averaging, InversionMethod._escalation = 0.5, True
+    InversionMethod._jacobian_averaging, InversionMethod._escalation = before
     return out
 
 
@@ -87,15 +88,14 @@ def saturated():
     lp = InversionPlan._mark_lp
     InversionPlan._mark_lp = lambda *a: None  # the Levenberg-Marquardt route, not the LP one
     try:
-        jobs = [([c] * 5, None, 0) for c in range(10)]
-        jobs = [(t, len(t), s) for t, _, s in jobs]
+        jobs = [([c] * 5, 5, 0) for c in range(10)]
         for escalate in (False, True):
             for name, net in nets.items():
                 for cls in (ForwardPassInversion, GeneralizedInversion, BackwardPassInversion):
                     if name == "bn_cnn" and cls is BackwardPassInversion:
                         continue
                     tag = f"saturated {name}, {cls.__name__[:-9]}, escalation {'on' if escalate else 'off'}"
-                    show(tag, run(cls, net, [(t, n, s) for t, n, s in jobs], escalate))
+                    show(tag, run(cls, net, jobs, escalate))
     finally:
         InversionPlan._mark_lp = lp
 

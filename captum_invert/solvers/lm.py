@@ -205,7 +205,7 @@ def levenberg_marquardt(
     m = r.shape[1]
     eye = torch.eye(m, dtype=x.dtype, device=dev)
     beta = averaging
-    Jbar = J.clone() if beta > 0 else J  # the Jacobian the steps use
+    Jbar = J.clone() if beta > 0 else J  # the Jacobian the steps use (J itself for adjoint updates)
     for _ in range(max_iter):
         act = (~done & finite & ~zero_grad).nonzero().squeeze(1)
         if act.numel() == 0:
@@ -226,7 +226,7 @@ def levenberg_marquardt(
         xt = xa + dx
         if bounds is not None:
             xt = torch.maximum(torch.minimum(xt, bounds[1]), bounds[0])
-        rt, Jt, auxt = trial(act, xt, J if full else J[act])
+        rt, Jt, auxt = trial(act, xt, Ja)  # Ja is J's own rows where adjoint updates use it
         rtn = rt.norm(dim=1)
         dxe = xt - xa  # the step actually taken (after projection)
         pred = ra.pow(2).sum(1) - (ra + (Ja @ dxe.unsqueeze(-1)).squeeze(-1)).pow(2).sum(1)
