@@ -8,6 +8,8 @@ is an int64 tensor of shape ``(N,)``.
   upsampled to 28x28 by default so that the MNIST architectures apply unchanged.
 - :func:`load_mnist_idx`: a directory holding MNIST IDX files (gzip or raw).
 - :func:`load_mnist`: torchvision's MNIST (downloads when ``download=True``).
+- :func:`colour_digits`: any of these as ``(N, 3, S, S)`` colour images: random foreground and
+  background colours and textures, for the colour test nets.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-__all__ = ["load_digits", "load_mnist", "load_mnist_idx", "split", "load_dataset", "DATA_ENV", "InversionDataset"]
+__all__ = ["load_digits", "load_mnist", "load_mnist_idx", "split", "load_dataset", "DATA_ENV", "InversionDataset",
+           "colour_digits", "colour_images"]
 
 #: Environment variable naming a directory of MNIST IDX files (used by the CLI and tests).
 DATA_ENV = "CAPTUM_INVERT_MNIST"
@@ -237,3 +240,61 @@ class InversionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.inputs[i], self.targets[i]
+
+
+def _smooth_noise(n: int, size: int, cells: int, gen: torch.Generator) -> torch.Tensor:
+    """``(n, 1, size, size)`` smooth noise in ``[0, 1]``: a ``cells x cells`` random grid,
+    upsampled bicubically."""
+    g = torch.rand((n, 1, cells, cells), generator=gen)
+    up = torch.nn.functional.interpolate(g, size=(size, size), mode="bicubic", align_corners=False)
+    return up.clamp(0, 1)
+
+
+def colour_images(gray: torch.Tensor, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Colour versions ``(N, 3, size, size)`` in ``[0, 1]`` of grey images ``(N, 1, H, W)``:
+    each image is resized to ``size`` (bilinear), then its ink takes a random foreground colour
+    and the rest a random background colour at least 0.5 away (L2 in RGB), each modulated by
+    its own random smooth texture (a coarse grid of noise, up to 30% of the colour) so that a
+    classifier must read the shape, not the colours.
+
+    Args:
+        gray (Tensor): ``(N, 1, H, W)`` images in ``[0, 1]`` (ink bright).
+        size (int): output side.
+        seed (int): seed of the colours and textures.
+
+    Returns:
+        Tensor: ``(N, 3, size, size)`` float32.
+    """
+    if not isinstance(gray, torch.Tensor) or gray.dim() != 4 or gray.shape[1] != 1:
+        raise ValueError(f"`gray` must be a (N, 1, H, W) tensor, got {getattr(gray, 'shape', type(gray))}")
+    gen = torch.Generator().manual_seed(seed)
+    n = len(gray)
+    a = torch.nn.functional.interpolate(gray.float(), size=(size, size), mode="bilinear", align_corners=False)
+    a = a.clamp(0, 1)
+    fg = torch.rand((n, 3), generator=gen)
+    bg = torch.rand((n, 3), generator=gen)
+    for _ in range(20):  # redraw backgrounds too close to their foreground
+        close = (fg - bg).norm(dim=1) < 0.5
+        if not bool(close.any()):
+            break
+        bg[close] = torch.rand((int(close.sum()), 3), generator=gen)
+    tex_f = 1 - 0.3 * _smooth_noise(n, size, 4, gen) * torch.rand((n, 1, 1, 1), generator=gen)
+    tex_b = 1 - 0.3 * _smooth_noise(n, size, 6, gen) * torch.rand((n, 1, 1, 1), generator=gen)
+    img = a * fg[:, :, None, None] * tex_f + (1 - a) * bg[:, :, None, None] * tex_b
+    return img.clamp(0, 1)
+
+
+def colour_digits(data: TensorDataset, size: int = 32, seed: int = 0) -> TensorDataset:
+    """A digits dataset (grey, e.g. from :func:`load_dataset`) as colour images
+    ``(N, 3, size, size)``, see :func:`colour_images`; the labels are kept.
+
+    Args:
+        data (TensorDataset): ``(images (N, 1, H, W) in [0, 1], labels (N,))``.
+        size (int): output side.
+        seed (int): seed of the colours.
+
+    Returns:
+        TensorDataset: ``(images (N, 3, size, size), labels (N,))``.
+    """
+    x, y = data.tensors
+    return TensorDataset(colour_images(x, size, seed), y)

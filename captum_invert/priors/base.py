@@ -128,8 +128,12 @@ class Penalty(PriorPart):
         return None
 
 
+_OBJECTIVES = ("hinge", "ce")
+_SCHEDULES = ("constant", "cosine")
+
+
 class Prior(PriorPart):
-    """A parameterization, transforms and penalties.
+    """A parameterization, transforms and penalties, and how the shaping phase runs.
 
     Args:
         param (Parameterization, optional): default :class:`PixelParam`.
@@ -137,32 +141,72 @@ class Prior(PriorPart):
         penalties (sequence of Penalty): added to the loss.
         steps (int, optional): Adam steps of the shaping phase (default 200).
         lr (float, optional): Adam's learning rate there (default 0.05).
+        copies (int, optional): augmented copies of each image per step (an augmentation
+            ensemble, Plug-In Inversion's; default 1). Each copy draws its own transforms; the
+            class term is their mean, and the model sees them in one batch.
+        coarse (float, optional): fraction of the steps at half resolution (coarse to fine,
+            DeepInversion's multi-resolution schedule): the image is average-pooled by 2 and
+            upsampled before the model and the penalties see it (images of at least 8 pixels;
+            default 0).
+        objective (str, optional): ``'hinge'`` (default): the class term stops pushing once the
+            class reaches the shaping aim, and the penalties alone shape the image after that;
+            ``'ce'``: the class's cross-entropy keeps pushing past the aim for every step (with
+            a cosine schedule the penalties are annealed with it), so the image keeps moving
+            deeper into the class as the prior's terms improve.
+        schedule (str, optional): ``'constant'`` (default) or ``'cosine'`` learning rate.
+        betas (tuple of float, optional): Adam's betas (default ``(0.9, 0.999)``;
+            DeepInversion uses ``(0.5, 0.9)``).
     """
 
     def __init__(self, param: Optional[Parameterization] = None, transforms: Sequence[Transform] = (),
                  penalties: Sequence[Penalty] = (), steps: Optional[int] = None,
-                 lr: Optional[float] = None) -> None:
+                 lr: Optional[float] = None, copies: Optional[int] = None, coarse: Optional[float] = None,
+                 objective: Optional[str] = None, schedule: Optional[str] = None,
+                 betas: Optional[Tuple[float, float]] = None) -> None:
         if param is not None and not isinstance(param, Parameterization):
             raise ValueError(f"`param` must be a Parameterization, got {type(param).__name__}")
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise ValueError(f"`steps` must be an int >= 1, got {steps!r}")
         if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
             raise ValueError(f"`lr` must be a number > 0, got {lr!r}")
+        if copies is not None and (isinstance(copies, bool) or not isinstance(copies, int) or copies < 1):
+            raise ValueError(f"`copies` must be an int >= 1, got {copies!r}")
+        if coarse is not None and not (isinstance(coarse, (int, float)) and 0 <= coarse < 1):
+            raise ValueError(f"`coarse` must be a fraction in [0, 1), got {coarse!r}")
+        if objective is not None and objective not in _OBJECTIVES:
+            raise ValueError(f"`objective` must be one of {_OBJECTIVES}, got {objective!r}")
+        if schedule is not None and schedule not in _SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {_SCHEDULES}, got {schedule!r}")
+        if betas is not None and not (isinstance(betas, (tuple, list)) and len(betas) == 2
+                                      and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+            raise ValueError(f"`betas` must be a pair of numbers in [0, 1), e.g. (0.5, 0.9), got {betas!r}")
         self.param = param
         self.transforms: List[Transform] = list(transforms)
         self.penalties: List[Penalty] = list(penalties)
         self.steps, self.lr = steps, lr
+        self.copies, self.coarse, self.objective, self.schedule = copies, coarse, objective, schedule
+        self.betas = tuple(betas) if betas is not None else None
+
+    def _options(self) -> dict:
+        return {k: getattr(self, k) for k in ("steps", "lr", "copies", "coarse", "objective", "schedule", "betas")}
 
     def __add__(self, other) -> "Prior":
         o = as_prior(other)
         if self.param is not None and o.param is not None:
             raise ValueError(f"a prior has one parameterization; got {self.param!r} and {o.param!r}")
-        return Prior(self.param or o.param, self.transforms + o.transforms, self.penalties + o.penalties,
-                     self.steps or o.steps, self.lr or o.lr)
+        mine, theirs = self._options(), o._options()
+        opts = {k: mine[k] if mine[k] is not None else theirs[k] for k in mine}
+        return Prior(self.param or o.param, self.transforms + o.transforms, self.penalties + o.penalties, **opts)
 
-    def with_options(self, steps: Optional[int] = None, lr: Optional[float] = None) -> "Prior":
-        """The same prior with other shaping ``steps`` / ``lr``."""
-        return Prior(self.param, self.transforms, self.penalties, steps or self.steps, lr or self.lr)
+    def with_options(self, steps: Optional[int] = None, lr: Optional[float] = None, **options) -> "Prior":
+        """The same prior with other shaping options (``steps``, ``lr``, ``copies``, ``coarse``,
+        ``objective``, ``schedule``, ``betas``); options not given are kept."""
+        opts = self._options()
+        bad = set(options) - set(opts)
+        if bad:
+            raise ValueError(f"unknown shaping option(s) {sorted(bad)}; accepted: {sorted(opts)}")
+        opts.update({k: v for k, v in dict(options, steps=steps, lr=lr).items() if v is not None})
+        return Prior(self.param, self.transforms, self.penalties, **opts)
 
     def parameterization(self) -> Parameterization:
         return self.param if self.param is not None else PixelParam()
@@ -180,19 +224,22 @@ class Prior(PriorPart):
             yield
 
     def penalty(self, x: Tensor, z: Tensor) -> Tensor:
-        """Per-sample ``(n,)`` penalty plus the batch terms spread evenly over the samples."""
+        """Per-sample ``(n,)`` penalty plus the batch terms. A batch term is a mean over the
+        batch (like the class term of one sample), so each sample carries it whole: its weight
+        against the class term does not depend on the batch size."""
         tot = torch.zeros(len(x), dtype=x.dtype, device=x.device)
         for p in self.penalties:
             tot = tot + p(x, z)
             b = p.batch_term()
             if b is not None:
-                tot = tot + b / len(x)
+                tot = tot + b
         return tot
 
     def __repr__(self) -> str:
         parts = [repr(self.parameterization())] + [repr(t) for t in self.transforms] + [
             repr(p) for p in self.penalties]
-        return " + ".join(parts)
+        opts = ", ".join(f"{k}={v!r}" for k, v in self._options().items() if v is not None)
+        return " + ".join(parts) + (f" ({opts})" if opts else "")
 
 
 def as_prior(p) -> Prior:

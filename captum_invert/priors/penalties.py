@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import List, Optional
 
 import torch
@@ -9,7 +10,7 @@ from torch import Tensor, nn
 
 from .base import Penalty, check_weight
 
-__all__ = ["TV", "L2", "BNStats", "Diversity", "bn_statistics_gap"]
+__all__ = ["TV", "L2", "BNStats", "Diversity", "bn_statistics_gap", "batchnorm_layers"]
 
 
 class TV(Penalty):
@@ -72,34 +73,61 @@ class Diversity(Penalty):
         return f"Diversity({self.weight})"
 
 
-def _bn_gap(inp: Tensor, bn: nn.modules.batchnorm._BatchNorm) -> Tensor:
+def _bn_gap(inp: Tensor, bn: nn.modules.batchnorm._BatchNorm, form: str = "relative") -> Tensor:
     dims = [0] + list(range(2, inp.dim()))
     mean = inp.mean(dims)
     var = inp.var(dims, unbiased=False)
+    if form == "l2":
+        return (mean - bn.running_mean.to(inp)).norm() + (var - bn.running_var.to(inp)).norm()
     rv = bn.running_var.to(inp) + bn.eps
     return ((mean - bn.running_mean.to(inp)).pow(2) / rv).mean() + (torch.log(var + bn.eps) - rv.log()).pow(2).mean()
+
+
+_BN_FORMS = ("relative", "l2")
+
+
+def batchnorm_layers(model) -> List[nn.Module]:
+    """The BatchNorm layers of ``model`` that keep running statistics (``[]`` for models that
+    are no ``nn.Module``)."""
+    if not isinstance(model, nn.Module):
+        return []
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.running_mean is not None]
 
 
 class BNStats(Penalty):
     r"""BatchNorm-statistics matching (Yin et al. 2020, DeepInversion): the batch's per-channel
     mean and variance at the input of every BatchNorm layer should be the layer's running
-    statistics (those of the training data). Scale-free form, averaged over layers and channels:
-    ``(mu - mu_run)^2 / var_run + (log var - log var_run)^2``. A batch term (it needs several
-    samples), spread evenly over the samples. Layers without running statistics are skipped.
+    statistics (those of the training data). A batch term (it needs several samples; a batch
+    that mixes targets matches the training data's mixture best), carried whole by every sample.
+    Layers without running statistics are skipped, and a model with none gives a warning.
 
     Args:
         weight (float): weight of the term.
+        first (float): extra factor on the first BatchNorm layer executed (DeepInversion: 10),
+            which sees statistics closest to the pixels.
+        form (str): ``'relative'`` (default): scale-free, averaged over layers and channels,
+            ``(mu - mu_run)^2 / var_run + (log var - log var_run)^2``; ``'l2'``: DeepInversion's
+            ``||mu - mu_run||_2 + ||var - var_run||_2`` per layer, summed over layers.
     """
 
-    def __init__(self, weight: float = 1.0) -> None:
+    def __init__(self, weight: float = 1.0, first: float = 1.0, form: str = "relative") -> None:
         self.weight = check_weight(weight)
+        if isinstance(first, bool) or not isinstance(first, (int, float)) or not 0 <= first < float("inf"):
+            raise ValueError(f"`first` must be a finite number >= 0, got {first!r}")
+        if form not in _BN_FORMS:
+            raise ValueError(f"`form` must be one of {_BN_FORMS}, got {form!r}")
+        self.first, self.form = float(first), form
         self._terms: List[Tensor] = []
 
     @contextlib.contextmanager
     def hooks(self, model):
-        layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                  and m.running_mean is not None] if isinstance(model, nn.Module) else []
-        handles = [m.register_forward_pre_hook(lambda mod, i: self._terms.append(_bn_gap(i[0], mod)))
+        layers = batchnorm_layers(model)
+        if not layers:
+            warnings.warn("BNStats: the model has no BatchNorm layer with running statistics, so the "
+                          "BatchNorm-statistics term does nothing; drop BNStats from the prior (or use "
+                          "prior='auto', which adds it only where it applies)", UserWarning, stacklevel=4)
+        handles = [m.register_forward_pre_hook(lambda mod, i: self._terms.append(_bn_gap(i[0], mod, self.form)))
                    for m in layers]
         try:
             yield
@@ -111,12 +139,16 @@ class BNStats(Penalty):
     def batch_term(self) -> Optional[Tensor]:
         if not self._terms:
             return None
-        t = torch.stack(self._terms).mean() * self.weight
+        t = torch.stack(self._terms)
+        w = torch.ones_like(t)
+        w[0] = self.first
+        t = (t * w).sum() if self.form == "l2" else (t * w).sum() / w.sum()
         self._terms = []
-        return t
+        return t * self.weight
 
     def __repr__(self) -> str:
-        return f"BNStats({self.weight})"
+        extra = (f", first={self.first}" if self.first != 1 else "") + (f", form={self.form!r}" if self.form != "relative" else "")
+        return f"BNStats({self.weight}{extra})"
 
 
 def bn_statistics_gap(model: nn.Module, x: Tensor) -> float:

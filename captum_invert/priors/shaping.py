@@ -6,27 +6,51 @@ import math
 from typing import Callable, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Prior, as_prior
+from .base import PixelParam, Prior, as_prior
 
-__all__ = ["shape_inputs", "auto_prior", "resolve_prior", "DEFAULT_STEPS", "DEFAULT_LR"]
+__all__ = ["shape_inputs", "auto_prior", "resolve_prior", "deepinversion_prior", "plugin_inversion_prior",
+           "DEFAULT_STEPS", "DEFAULT_LR", "AUTO_STEPS"]
 
 #: Adam steps and learning rate of the shaping phase when the prior does not set them.
 DEFAULT_STEPS = 200
 DEFAULT_LR = 0.05
 
 
+def _coarse(x: Tensor) -> Tensor:
+    """Images ``(n, C, H, W)`` (``H, W >= 8``) at half resolution: average-pooled by 2 and
+    upsampled bilinearly to their size; other inputs unchanged."""
+    if x.dim() != 4 or min(x.shape[-2:]) < 8:
+        return x
+    low = F.avg_pool2d(x, 2, ceil_mode=True)
+    return F.interpolate(low, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+
+
+#: The data-free recipe of ``prior='auto'`` (see :func:`auto_prior`): shaping options.
+AUTO_STEPS = 1000
+AUTO_OPTIONS = {"steps": AUTO_STEPS, "coarse": 0.5, "objective": "ce", "schedule": "cosine", "betas": (0.5, 0.9)}
+
+
 def auto_prior(model, input_shape: Tuple[int, ...], reference: Optional[Tensor] = None) -> Prior:
-    """A prior chosen from the model and the input shape, with no per-model tuning:
+    """A prior chosen from the model and the input shape, with no per-model tuning.
 
     - with ``reference`` images: :func:`~captum_invert.priors.DataPrior` (their principal
-      subspace and Gaussian, with the robust transforms);
-    - else images ``(C, H, W)`` with ``H, W >= 8``: :class:`~captum_invert.priors.FourierParam`
-      (Lucid's 1/f spectrum), :func:`~captum_invert.priors.robust_transforms` and
-      :class:`~captum_invert.priors.TV` (weight 0.1);
-    - other inputs: free pixels;
-    - any BatchNorm layer with running statistics adds :class:`~captum_invert.priors.BNStats`.
+      subspace and Gaussian, with the robust transforms), plus
+      :class:`~captum_invert.priors.BNStats` where the model has BatchNorm layers;
+    - images ``(C, H, W)`` with ``H, W >= 8`` and no data (the data-free recipe, chosen by
+      ``benchmarks/prototypes.py``): :func:`~captum_invert.priors.robust_transforms`, the
+      class's cross-entropy pushed past the verification threshold for
+      :data:`AUTO_STEPS` Adam steps (betas ``(0.5, 0.9)``, cosine schedule), the first half at
+      half resolution (coarse to fine), and
+
+      - on a model with BatchNorm running statistics: free pixels at learning rate 0.1 and
+        :class:`~captum_invert.priors.BNStats` ``(0.1, first=10, form='l2')`` (DeepInversion's
+        statistics: the model's own record of its training data);
+      - on a model without: :class:`~captum_invert.priors.FourierParam` (Lucid's 1/f spectrum)
+        at learning rate 0.2;
+    - other inputs: free pixels (plus BNStats where it applies).
 
     Args:
         model: the classifier.
@@ -37,20 +61,69 @@ def auto_prior(model, input_shape: Tuple[int, ...], reference: Optional[Tensor] 
         Prior
     """
     from .params import DataPrior, FourierParam
-    from .penalties import TV, BNStats
+    from .penalties import BNStats, batchnorm_layers
     from .transforms import robust_transforms
 
-    image = bool(robust_transforms(input_shape))
+    has_bn = bool(batchnorm_layers(model))
+    transforms = robust_transforms(input_shape)
     if reference is not None:
         prior = DataPrior(reference)
-    elif image:
-        prior = Prior(FourierParam()) + robust_transforms(input_shape) + TV(0.1)
-    else:
-        prior = Prior(None)
-    if isinstance(model, nn.Module) and any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None for m in model.modules()):
-        prior = prior + BNStats(1.0)
-    return prior
+        return prior + BNStats(0.1) if has_bn else prior
+    if not transforms:
+        return Prior(None) + BNStats(0.1) if has_bn else Prior(None)
+    if has_bn:
+        return Prior(PixelParam(), transforms, [BNStats(0.1, first=10.0, form="l2")], lr=0.1, **AUTO_OPTIONS)
+    return Prior(FourierParam(), transforms, lr=0.2, **AUTO_OPTIONS)
+
+
+def deepinversion_prior(input_shape: Tuple[int, ...], bn_weight: float = 0.01, flips: bool = True,
+                        steps: int = 2000) -> Prior:
+    """DeepInversion's published recipe (Yin et al. 2020) as a configuration of this library's
+    parts: free pixels, :class:`~captum_invert.priors.BNStats` in its ``'l2'`` form with the first
+    layer x10 (weight 0.01 on ImageNet, as published), TV 1e-4 and L2 1e-5 on the pixels, random
+    roll by 1/14 of the side, flips (the paper's; they change the class of digits), Adam at 0.25
+    with betas ``(0.5, 0.9)`` and a cosine schedule, half the steps at half resolution, and the
+    cross-entropy pushed for every step.
+
+    Args:
+        input_shape (tuple of int): ``(C, H, W)``.
+        bn_weight (float): weight of the BatchNorm term.
+        flips (bool): random horizontal flips.
+        steps (int): Adam steps.
+
+    Returns:
+        Prior
+    """
+    from .penalties import L2, TV, BNStats
+    from .transforms import Jitter, RandomFlip
+
+    c, h, w = input_shape
+    t = [Jitter(max(1, h // 14))] + ([RandomFlip()] if flips else [])
+    return Prior(PixelParam(), t, [BNStats(bn_weight, first=10.0, form="l2"), TV(1e-4), L2(1e-5)],
+                 steps=steps, lr=0.25, coarse=0.5, objective="ce", schedule="cosine", betas=(0.5, 0.9))
+
+
+def plugin_inversion_prior(input_shape: Tuple[int, ...], copies: int = 8, flips: bool = True,
+                           steps: int = 400) -> Prior:
+    """Plug-In Inversion's published recipe (Ghiasi et al. 2022) as a configuration of this
+    library's parts: free pixels and no regularisers; an ensemble of ``copies`` augmented copies
+    per step, each with its own random jitter, scale, flip and colour shift; the first third of
+    the steps at half resolution (the paper grows its canvas); Adam at 0.1; cross-entropy.
+
+    Args:
+        input_shape (tuple of int): ``(C, H, W)``.
+        copies (int): augmented copies per step.
+        flips (bool): random horizontal flips.
+        steps (int): Adam steps.
+
+    Returns:
+        Prior
+    """
+    from .transforms import ColorShift, Jitter, RandomFlip, RandomScale
+
+    c, h, w = input_shape
+    t = [Jitter(max(1, h // 8)), RandomScale((0.8, 1.2))] + ([RandomFlip()] if flips else []) + [ColorShift(0.1, 0.1)]
+    return Prior(PixelParam(), t, steps=steps, lr=0.1, copies=copies, coarse=1 / 3, objective="ce")
 
 
 def resolve_prior(prior, model, input_shape) -> Optional[Prior]:
@@ -101,12 +174,16 @@ def shape_inputs(model: Callable[[Tensor], Tensor], log_probs: Callable[[Tensor]
     """
     steps = steps if steps is not None else (prior.steps or DEFAULT_STEPS)
     lr = lr if lr is not None else (prior.lr or DEFAULT_LR)
+    copies = prior.copies or 1
+    coarse_steps = int((prior.coarse or 0.0) * steps)
+    hinge = (prior.objective or "hinge") == "hinge"
     param = prior.parameterization()
     param.setup(input_shape, input_range)
     z = None if x0 is None else param.from_image(x0.detach().to(dtype=dtype, device=device))
     z = param.init(n, gen, dtype, device) if z is None else z.to(dtype=dtype, device=device).clone()
     z.requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=lr)
+    opt = torch.optim.Adam([z], lr=lr, betas=prior.betas or (0.9, 0.999))
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if prior.schedule == "cosine" else None)
     log_odds = math.log(aim) - math.log1p(-aim)
     lab = labels.to(device)[:, None] if labels is not None else None
     P = dist.to(device=device, dtype=dtype) if dist is not None else None
@@ -118,16 +195,26 @@ def shape_inputs(model: Callable[[Tensor], Tensor], log_probs: Callable[[Tensor]
     with prior.hooks(model):
         for step in range(steps):
             x = param.image(z)
-            lp = log_probs(model(prior.transform(x, gen)))
+            if step < coarse_steps:
+                x = _coarse(x)
+            xt = torch.cat([prior.transform(x, gen) for _ in range(copies)]) if copies > 1 else prior.transform(x, gen)
+            lp = log_probs(model(xt)).reshape(copies, len(x), -1)
             if lab is not None:
-                odds = lp.gather(1, lab) - torch.logsumexp(lp.scatter(1, lab, -math.inf), 1, keepdim=True)
-                goal = (log_odds - odds.squeeze(1)).clamp_min(0)
+                lab_c = lab.expand(copies, -1, -1)
+                lp_t = lp.gather(2, lab_c).squeeze(2)
+                if hinge:
+                    odds = lp_t - torch.logsumexp(lp.scatter(2, lab_c, -math.inf), 2)
+                    goal = (log_odds - odds).clamp_min(0).mean(0)
+                else:
+                    goal = -lp_t.mean(0)
             else:
-                goal = (P * (P.clamp_min(1e-12).log() - lp)).sum(1)
+                goal = (P * (P.clamp_min(1e-12).log() - lp)).sum(2).mean(0)
             loss = (goal + prior.penalty(x, z)).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             done_steps = step + 1
             if until is not None and step % 10 == 9:
                 with torch.no_grad():

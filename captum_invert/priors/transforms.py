@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .base import Transform
 
-__all__ = ["Jitter", "RandomScale", "RandomRotate", "RandomFlip", "affine", "robust_transforms"]
+__all__ = ["Jitter", "RandomScale", "RandomRotate", "RandomFlip", "ColorShift", "affine", "robust_transforms"]
 
 
 def affine(x: Tensor, theta: Tensor) -> Tensor:
@@ -106,6 +106,34 @@ class RandomFlip(Transform):
 
     def __repr__(self) -> str:
         return f"RandomFlip(p={self.p}, dims={self.dims})"
+
+
+class ColorShift(Transform):
+    r"""A random colour shift per image and channel (Plug-In Inversion, Ghiasi et al. 2022):
+    ``x' = (x - c) * exp(s) + c + m`` with ``c`` the box centre (0.5 without a box argument),
+    ``m ~ U(-shift, shift)`` and ``s ~ U(-log_scale, log_scale)``. An image whose class survives
+    it cannot rest on exact pixel values. The result is not clamped: the model sees it as is.
+
+    Args:
+        shift (float): largest additive shift.
+        log_scale (float): largest log contrast change.
+        center (float): value that the contrast change keeps.
+    """
+
+    def __init__(self, shift: float = 0.1, log_scale: float = 0.1, center: float = 0.5) -> None:
+        if not shift >= 0 or not log_scale >= 0:
+            raise ValueError(f"`shift` and `log_scale` must be >= 0, got {shift!r}, {log_scale!r}")
+        self.shift, self.log_scale, self.center = float(shift), float(log_scale), float(center)
+
+    def __call__(self, x, gen):
+        _check_image(x, "ColorShift")
+        n, c = x.shape[:2]
+        m = (_uniform(n * c, -1, 1, gen) * self.shift).reshape(n, c, 1, 1).to(x)
+        s = (_uniform(n * c, -1, 1, gen) * self.log_scale).exp().reshape(n, c, 1, 1).to(x)
+        return (x - self.center) * s + self.center + m
+
+    def __repr__(self) -> str:
+        return f"ColorShift({self.shift}, {self.log_scale})"
 
 
 def robust_transforms(input_shape) -> list:
