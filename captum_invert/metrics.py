@@ -12,7 +12,7 @@ from .blocks.plan import model_mode_guard
 
 __all__ = ["class_probabilities", "target_probability", "mean_pairwise_distance",
            "nearest_distance", "judge_accuracy", "judge_features", "frechet_distance",
-           "class_diversity", "copies", "prototype_report"]
+           "class_diversity", "copies", "prototype_report", "judge_agreement"]
 
 
 def class_probabilities(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
@@ -109,6 +109,40 @@ def judge_accuracy(judge: nn.Module, x: Tensor, labels, reject_class: Optional[i
     n = max(len(p), 1)
     return {"read": float((top == lab).sum()) / n, "forced": float((forced == lab).sum()) / n,
             "rejected": rejected}
+
+
+def judge_agreement(judges, x: Tensor, labels, batch_size: int = 1024) -> dict:
+    """Readability that does not trust one model: the share of inversions that every one of
+    several independent judges reads as the intended class (DeepInversion lists "images that
+    several models are confident on" as open work). One judge can be fooled by the same
+    features as the audited net; an image that judges of different architectures all read is
+    far more likely to show the class.
+
+    Args:
+        judges (sequence of nn.Module): at least one judge, none of them the audited model.
+        x (Tensor): ``(N, *input_shape)`` inversions.
+        labels (int or Tensor): the intended class of each, ``(N,)``.
+
+    A judge "reads" an image when its top output is the intended class, so a judge's reject
+    output ("no digit") counts as not read.
+
+    Returns:
+        dict: ``agree`` (fraction read by every judge), ``any`` (fraction read by at least one),
+        ``read`` (list: each judge's read fraction, see :func:`judge_accuracy`) and ``mask``
+        (``(N,)`` bool: read by every judge).
+    """
+    judges = list(judges) if isinstance(judges, (list, tuple)) else [judges]
+    if not judges or not all(isinstance(j, nn.Module) for j in judges):
+        raise ValueError("`judges` must be a non-empty sequence of models")
+    lab = torch.as_tensor(labels).reshape(-1).expand(len(x)).cpu()
+    hits = []
+    for j in judges:
+        hits.append(class_probabilities(j, x, batch_size).argmax(1).cpu() == lab)
+    h = torch.stack(hits)
+    n = max(len(x), 1)
+    every = h.all(0)
+    return {"agree": float(every.sum()) / n, "any": float(h.any(0).sum()) / n,
+            "read": [float(r.sum()) / n for r in h], "mask": every}
 
 
 def judge_features(judge: nn.Module, x: Tensor, layer: Optional[nn.Module] = None,

@@ -45,16 +45,28 @@ def bn_cnn(n_classes: int = 10, width: int = 16, in_chans: int = 1) -> nn.Sequen
     return net
 
 
-def judge_cnn(n_classes: int = 11) -> nn.Sequential:
+def judge_cnn(n_classes: int = 11, variant: int = 0) -> nn.Sequential:
     """The judge: two 5x5 conv layers with max pooling (LeNet-like, no BatchNorm), dropout, and
     ``n_classes`` outputs (10 digits + :data:`NO_DIGIT`). Its architecture differs from every
-    audited net of the benchmarks on purpose."""
-    net = nn.Sequential(
-        nn.Conv2d(1, 32, 5, padding=2), nn.ELU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5, padding=2), nn.ELU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 7 * 7, 128), nn.ELU(), nn.Dropout(0.3),
-        nn.Linear(128, n_classes),
-    )
+    audited net of the benchmarks on purpose. ``variant=1`` is a second judge of another
+    architecture (three 3x3 convolutions, GELU), for agreement across judges
+    (:func:`~captum_invert.metrics.judge_agreement`)."""
+    if variant == 1:
+        net = nn.Sequential(
+            nn.Conv2d(1, 24, 3, padding=1), nn.GELU(), nn.Conv2d(24, 24, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
+            nn.Conv2d(24, 48, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(48 * 7 * 7, 96), nn.GELU(), nn.Dropout(0.3),
+            nn.Linear(96, n_classes),
+        )
+    elif variant == 0:
+        net = nn.Sequential(
+            nn.Conv2d(1, 32, 5, padding=2), nn.ELU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ELU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 7 * 7, 128), nn.ELU(), nn.Dropout(0.3),
+            nn.Linear(128, n_classes),
+        )
+    else:
+        raise ValueError(f"`variant` must be 0 or 1, got {variant!r}")
     net.input_shape = (1, 28, 28)
     return net
 
@@ -108,7 +120,7 @@ def no_digit_images(n: int, size: int = 28, generator: Optional[torch.Generator]
 
 
 def train_judge(data: TensorDataset, n_reject: Optional[int] = None, epochs: int = 12, seed: int = 0,
-                cache: bool = True, progress: bool = False) -> nn.Module:
+                cache: bool = True, progress: bool = False, variant: int = 0) -> nn.Module:
     """Train :func:`judge_cnn` on ``data`` (digits, labels 0-9) plus ``n_reject`` images of
     :func:`no_digit_images` labelled :data:`NO_DIGIT` (default: a tenth of ``len(data)``), with
     Adam (cached like :func:`~captum_invert.models.train`).
@@ -120,6 +132,7 @@ def train_judge(data: TensorDataset, n_reject: Optional[int] = None, epochs: int
         seed (int): seed of the reject images and the training.
         cache (bool): use the weight cache.
         progress (bool): show a progress bar.
+        variant (int): the judge's architecture (:func:`judge_cnn`).
 
     Returns:
         nn.Module: the judge in eval mode (11 outputs).
@@ -131,6 +144,6 @@ def train_judge(data: TensorDataset, n_reject: Optional[int] = None, epochs: int
     xr = no_digit_images(n_reject, x.shape[-1], torch.Generator().manual_seed(seed + 1))
     xs = torch.cat([x, xr])
     ys = torch.cat([y, torch.full((n_reject,), NO_DIGIT, dtype=y.dtype)])
-    return train(judge_cnn(), TensorDataset(xs, ys),
+    return train(judge_cnn(variant=variant), TensorDataset(xs, ys),
                  TrainConfig(epochs=epochs, lr=1e-3, optimizer="adam", batch_size=64, seed=seed),
                  cache=cache, progress=progress)

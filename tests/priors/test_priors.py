@@ -1,6 +1,4 @@
 """Each prior changes what it claims to change, and inversions with priors still verify."""
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -8,24 +6,13 @@ from torch import nn
 from captum_invert import ActivationMaximization, ForwardPassInversion, GeneralizedInversion
 from captum_invert.blocks.plan import model_mode_guard
 from captum_invert.metrics import judge_accuracy
-from captum_invert.models import TrainConfig, train
-from captum_invert.models.cnn import NO_DIGIT, bn_cnn, train_judge
+from captum_invert.models.cnn import NO_DIGIT
 from captum_invert.priors import (
     TV, BNStats, DataPrior, FourierParam, Jitter, L2, PCAParam, PixelParam, Prior, RandomFlip, RandomRotate,
     RandomScale, auto_prior, bn_statistics_gap, shape_inputs)
 
 SHAPE = (1, 28, 28)
 BOX = (0.0, 1.0)
-
-
-@pytest.fixture(scope="session")
-def digit_cnn(digits):
-    return train(bn_cnn(width=8), digits[0], TrainConfig(epochs=6, lr=2e-3, optimizer="adam"), progress=False)
-
-
-@pytest.fixture(scope="session")
-def digit_judge(digits):
-    return train_judge(digits[0], epochs=8)
 
 
 def _shape(model, prior, labels, steps=60, seed=0):
