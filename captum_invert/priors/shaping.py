@@ -49,7 +49,8 @@ def auto_prior(model, input_shape: Tuple[int, ...], reference: Optional[Tensor] 
         :class:`~captum_invert.priors.BNStats` ``(0.1, first=10, form='l2')`` (DeepInversion's
         statistics: the model's own record of its training data);
       - on a model without: :class:`~captum_invert.priors.FourierParam` (Lucid's 1/f spectrum)
-        at learning rate 0.2;
+        at learning rate 0.2, and Plug-In Inversion's random
+        :class:`~captum_invert.priors.ColorShift` ``(0.1, 0.1)`` among the transforms;
     - other inputs: free pixels (plus BNStats where it applies).
 
     Args:
@@ -62,7 +63,7 @@ def auto_prior(model, input_shape: Tuple[int, ...], reference: Optional[Tensor] 
     """
     from .params import DataPrior, FourierParam
     from .penalties import BNStats, batchnorm_layers
-    from .transforms import robust_transforms
+    from .transforms import ColorShift, robust_transforms
 
     has_bn = bool(batchnorm_layers(model))
     transforms = robust_transforms(input_shape)
@@ -73,7 +74,7 @@ def auto_prior(model, input_shape: Tuple[int, ...], reference: Optional[Tensor] 
         return Prior(None) + BNStats(0.1) if has_bn else Prior(None)
     if has_bn:
         return Prior(PixelParam(), transforms, [BNStats(0.1, first=10.0, form="l2")], lr=0.1, **AUTO_OPTIONS)
-    return Prior(FourierParam(), transforms, lr=0.2, **AUTO_OPTIONS)
+    return Prior(FourierParam(), transforms + [ColorShift(0.1, 0.1)], lr=0.2, **AUTO_OPTIONS)
 
 
 def deepinversion_prior(input_shape: Tuple[int, ...], bn_weight: float = 0.01, flips: bool = True,

@@ -49,6 +49,8 @@ def test_auto_prior_picks_its_parts_from_the_model(digit_cnn, digit_nets):
     assert bn.objective == "ce" and bn.coarse == 0.5 and bn.schedule == "cosine"
     plain = auto_prior(digit_nets[2], SHAPE)
     assert isinstance(plain.parameterization(), FourierParam) and not plain.penalties
+    assert any(isinstance(t, ColorShift) for t in plain.transforms)
+    assert not any(isinstance(t, ColorShift) for t in bn.transforms)
     # no BatchNorm: auto adds no BNStats, so no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
