@@ -68,3 +68,23 @@ def test_split_rejects_bad_sizes():
     ds = load_digits("all", image_size=8)
     with pytest.raises(ValueError, match="`n_train`"):
         split(ds, 0)
+
+
+def test_colour_digits_keep_the_shape_in_random_colours():
+    from captum_invert.datasets import colour_digits, colour_images
+
+    gray = torch.zeros(50, 1, 28, 28)
+    gray[:, :, 8:20, 12:16] = 1.0  # a bar of ink
+    x = colour_images(gray, 32, seed=3)
+    assert x.shape == (50, 3, 32, 32) and x.min() >= 0 and x.max() <= 1
+    ink = x[:, :, 12:20, 15:17].mean((2, 3))
+    bg = x[:, :, :4, :4].mean((2, 3))
+    # every image: ink and background differ by at least the drawn gap, less the texture's 30%
+    assert ((ink - bg).norm(dim=1) > 0.5 * 0.7 - 0.05).all()
+    # colours vary across images (a classifier cannot read the class from them)
+    assert bg.std(0).min() > 0.15
+    assert torch.equal(colour_images(gray, 32, seed=3), x)
+    d = colour_digits(torch.utils.data.TensorDataset(gray, torch.arange(50)), size=32)
+    assert d.tensors[0].shape == (50, 3, 32, 32) and torch.equal(d.tensors[1], torch.arange(50))
+    with pytest.raises(ValueError, match="`gray`"):
+        colour_images(torch.zeros(2, 3, 28, 28))

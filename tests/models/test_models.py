@@ -61,3 +61,17 @@ def test_cnn_models_and_no_digit_images():
     assert judge_cnn()(torch.zeros(2, 1, 28, 28)).shape == (2, NO_DIGIT + 1)
     assert any(isinstance(m, nn.BatchNorm2d) for m in bn_cnn().modules())
     assert not any(isinstance(m, nn.BatchNorm2d) for m in judge_cnn().modules())
+
+
+def test_colour_nets_and_judges_take_colour_images():
+    from captum_invert.models.colour import COLOUR_NETS, colour_judge, colour_model, colour_no_digit_images
+
+    x = colour_no_digit_images(6, torch.Generator().manual_seed(0))
+    assert x.shape == (6, 3, 32, 32) and x.min() >= 0 and x.max() <= 1
+    for v in (0, 1):
+        assert colour_judge(seed_arch=v).eval()(x).shape == (6, 11)
+    assert set(COLOUR_NETS) >= {"resnet18 (torchvision)", "vit (timm)"}
+    m = colour_model("resnet18 (torchvision)").eval()
+    assert m.input_shape == (3, 32, 32) and m(x).shape == (6, 10)
+    with pytest.raises(ValueError, match="`name`"):
+        colour_model("alexnet")
