@@ -130,6 +130,7 @@ def maco_render(model, labels, shape, steps=256, seed=0):
     import horama
     from horama import maco_fv
 
+    maco_fv.tqdm = lambda it, **kw: it  # horama draws a progress bar per image
     c, h, _ = shape
     spec = Path(maco_fv.MACO_SPECTRUM_FILENAME)
     if not spec.is_file():  # offline: the natural 1/f magnitude in place of ImageNet's

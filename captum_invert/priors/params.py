@@ -13,6 +13,11 @@ from .base import Parameterization, Penalty, Prior, check_weight
 __all__ = ["FourierParam", "DataPrior", "PCAParam", "LatentNorm", "spectrum_scale"]
 
 
+#: Square root of natural images' RGB channel correlation (the figures Lucid publishes for
+#: ImageNet); used by :class:`FourierParam` on colour images without reference images.
+NATURAL_COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=torch.float64)
+
+
 def spectrum_scale(h: int, w: int, decay: float = 1.0) -> Tensor:
     """``(h, w // 2 + 1)`` amplitude ``1 / max(f, 1 / max(h, w))^decay`` of a 1/f spectrum (natural
     images' law; Lucid's scaling), normalized to a root-mean-square of 1."""
@@ -35,7 +40,8 @@ class FourierParam(Parameterization):
       ``x = squash(irfft2(M * exp(i phi)))``. The image's energy and spectrum cannot drift; the
       optimisation can only move structure around.
     - ``decorrelate`` (colour images): ``C`` is the square root of the channel covariance of
-      ``reference`` (Lucid uses ImageNet's); identity without reference or with one channel.
+      ``reference``, or without reference natural images' (:data:`NATURAL_COLOR_SQRT`, Lucid's
+      ImageNet figures); identity with one channel.
 
     With ``input_range`` the image is squashed into the box by a sigmoid (free spectrum) or
     clamped (fixed magnitude, whose values already follow the reference's range; the gradient
@@ -76,6 +82,8 @@ class FourierParam(Parameterization):
             cov = torch.cov(flat) + 1e-6 * torch.eye(c, dtype=torch.float64)
             self._color = torch.linalg.cholesky(cov)
             self._color = self._color / self._color.norm(dim=1).max()
+        elif self.decorrelate and c == 3:  # natural images' colour correlation (Lucid's figures)
+            self._color = NATURAL_COLOR_SQRT / NATURAL_COLOR_SQRT.norm(dim=0).max()
         self._mag = None
         self._offset = torch.zeros(c, dtype=torch.float64)
         if self.magnitude is not None:

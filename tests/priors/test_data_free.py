@@ -158,3 +158,17 @@ def test_judge_agreement_counts_images_every_judge_reads():
     assert r["mask"].tolist() == [True, False, False, False]
     with pytest.raises(ValueError, match="`judges`"):
         judge_agreement([], x, labels)
+
+
+def test_fourier_colour_images_use_natural_colour_correlation():
+    from captum_invert.priors.params import NATURAL_COLOR_SQRT
+
+    p = FourierParam()
+    p.setup((3, 16, 16), BOX)
+    assert not torch.allclose(p._color, torch.eye(3, dtype=torch.float64))
+    # the colour map is Lucid's matrix, scaled so that its largest column has norm 1
+    assert torch.allclose(p._color / p._color[0, 0], NATURAL_COLOR_SQRT / NATURAL_COLOR_SQRT[0, 0])
+    assert p._color.norm(dim=0).max() == pytest.approx(1.0)
+    q = FourierParam(decorrelate=False)
+    q.setup((3, 16, 16), BOX)
+    assert torch.equal(q._color, torch.eye(3, dtype=torch.float64))
