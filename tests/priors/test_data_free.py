@@ -12,18 +12,13 @@ from captum_invert.metrics import judge_accuracy, judge_agreement
 from captum_invert.models.cnn import NO_DIGIT
 from captum_invert.priors import (
     TV, BNStats, ColorShift, FourierParam, PixelParam, Prior, auto_prior, deepinversion_prior,
-    plugin_inversion_prior, robust_transforms, shape_inputs)
+    plugin_inversion_prior, robust_transforms)
 from captum_invert.priors.shaping import _coarse
+
+from .test_priors import _shape
 
 SHAPE = (1, 28, 28)
 BOX = (0.0, 1.0)
-
-
-def _shape(model, prior, labels, steps=60, seed=0):
-    with model_mode_guard(model):
-        x, _ = shape_inputs(model, lambda o: o.log_softmax(1), prior, SHAPE, BOX, torch.Generator().manual_seed(seed),
-                            labels=torch.as_tensor(labels), n=len(labels), steps=steps)
-    return x
 
 
 def test_data_free_default_is_read_by_an_independent_judge(digit_cnn, digit_judge):
