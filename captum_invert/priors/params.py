@@ -100,6 +100,11 @@ class FourierParam(Parameterization):
                     mag[:, 0, 0] = 0.5 * (input_range[0] + input_range[1]) * math.sqrt(h * w)
             self._mag = mag
 
+    @property
+    def color_matrix(self) -> Tensor:
+        """The ``(C, C)`` colour map applied to the decorrelated image (after :meth:`setup`)."""
+        return self._color
+
     def init(self, n, gen, dtype=torch.float32, device="cpu"):
         c, h, w = self.input_shape
         if self._mag is not None:

@@ -119,6 +119,8 @@ class BNStats(Penalty):
             raise ValueError(f"`form` must be one of {_BN_FORMS}, got {form!r}")
         self.first, self.form = float(first), form
         self._terms: List[Tensor] = []
+        #: the per-layer terms (floats, weight 1, first layer unscaled) of the last batch term
+        self.last_layer_terms: List[float] = []
 
     @contextlib.contextmanager
     def hooks(self, model):
@@ -140,6 +142,7 @@ class BNStats(Penalty):
         if not self._terms:
             return None
         t = torch.stack(self._terms)
+        self.last_layer_terms = [float(v) for v in t.detach()]
         w = torch.ones_like(t)
         w[0] = self.first
         t = (t * w).sum() if self.form == "l2" else (t * w).sum() / w.sum()

@@ -63,8 +63,8 @@ def test_bnstats_first_layer_factor_and_forms(digit_cnn):
     def term(pen):
         with model_mode_guard(digit_cnn), pen.hooks(digit_cnn), torch.no_grad():
             digit_cnn(x)
-            layers = [float(t) for t in pen._terms]
-            return float(pen.batch_term()), layers
+            val = float(pen.batch_term())
+            return val, pen.last_layer_terms
 
     l2, layers = term(BNStats(1.0, form="l2"))
     l2_first, _ = term(BNStats(1.0, first=10.0, form="l2"))
@@ -160,10 +160,10 @@ def test_fourier_colour_images_use_natural_colour_correlation():
 
     p = FourierParam()
     p.setup((3, 16, 16), BOX)
-    assert not torch.allclose(p._color, torch.eye(3, dtype=torch.float64))
+    assert not torch.allclose(p.color_matrix, torch.eye(3, dtype=torch.float64))
     # the colour map is Lucid's matrix, scaled so that its largest column has norm 1
-    assert torch.allclose(p._color / p._color[0, 0], NATURAL_COLOR_SQRT / NATURAL_COLOR_SQRT[0, 0])
-    assert p._color.norm(dim=0).max() == pytest.approx(1.0)
+    assert torch.allclose(p.color_matrix / p.color_matrix[0, 0], NATURAL_COLOR_SQRT / NATURAL_COLOR_SQRT[0, 0])
+    assert p.color_matrix.norm(dim=0).max() == pytest.approx(1.0)
     q = FourierParam(decorrelate=False)
     q.setup((3, 16, 16), BOX)
-    assert torch.equal(q._color, torch.eye(3, dtype=torch.float64))
+    assert torch.equal(q.color_matrix, torch.eye(3, dtype=torch.float64))
