@@ -3,7 +3,7 @@
 A torchvision resnet18 (1000 classes, 3x224x224; random weights, as none can be downloaded
 here) is inverted by ForwardPassInversion towards class 1, and towards a distribution with mass
 0.5 / 0.3 / 0.2 on classes 1, 2, 3 (atol 0.02), after one warm-up call; each with the default
-averaged Jacobian and with the pointwise one (``InversionMethod._jacobian_averaging = 0``, the
+averaged Jacobian and with the pointwise one (``SolverSettings(jacobian_averaging=0)``, the
 previous default). Printed per seed and route: seconds, ratio to that route's class target,
 verified share, max-abs delta, iterations and the process's peak resident memory; then the
 ratios of the summed times. The old path (one residual per class, one backward pass
@@ -21,8 +21,7 @@ import torch
 import torchvision
 from torch.func import vjp
 
-from captum_invert import ForwardPassInversion
-from captum_invert._core.base import InversionMethod
+from captum_invert import ForwardPassInversion, SolverSettings
 
 
 def peak_gb() -> float:
@@ -44,11 +43,12 @@ def main() -> None:
           f"{'max delta':>10} {'iters':>6} {'peak GB':>8}")
     inv.attribute(target=1, n_samples=1, seed=99, max_iter=2, allow_unverified=True)  # warm-up
     runs = [("class 1", 1), ("0.5/0.3/0.2", dist)]
-    routes = [("averaged", InversionMethod._jacobian_averaging), ("pointwise", 0.0)]
+    routes = [("averaged", SolverSettings().jacobian_averaging), ("pointwise", 0.0)]
     totals = {(r, name): 0.0 for r, _ in routes for name, _ in runs}
     for seed in args.seeds:
         for route, beta in routes:
-            InversionMethod._jacobian_averaging = beta
+            inv = ForwardPassInversion(model, input_shape=(3, 224, 224),
+                                       solver=SolverSettings(jacobian_averaging=beta))
             t_class = None
             for name, target in runs:
                 t0 = time.perf_counter()
@@ -60,7 +60,6 @@ def main() -> None:
                 ok = (d <= (0.1 if name.startswith("class") else 0.02)).float().mean()
                 print(f"{seed:>4} {route:>9} {name:>12} {s:7.2f} {s / t_class:8.2f} {100 * float(ok):8.0f}% "
                       f"{float(d.max()):10.4f} {inv.last_stats.get('mean_iterations', 0):6.1f} {peak_gb():8.2f}")
-    InversionMethod._jacobian_averaging = routes[0][1]
     for route, _ in routes:
         for name, _ in runs[1:]:
             print(f"summed over seeds, {route} Jacobian: {name} takes "

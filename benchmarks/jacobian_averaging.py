@@ -1,7 +1,7 @@
 """The averaged Jacobian against the pointwise one, side by side in one run.
 
 The inversion methods' Levenberg-Marquardt steps use ``J_bar <- b J_bar + (1 - b) J(x)``
-(``InversionMethod._jacobian_averaging``, default b = 0.5); b = 0 is the pointwise Jacobian.
+(``SolverSettings(jacobian_averaging=b)``, default b = 0.5); b = 0 is the pointwise Jacobian.
 Nets:
 
 - the saturated nets of ``tests/_core/test_saturated.py`` (SELU, ELU and LeakyReLU MLPs with an
@@ -27,8 +27,7 @@ import torch
 from torch import nn
 
 from captum_invert import BackwardPassInversion, ForwardPassInversion, GeneralizedInversion, InversionError
-from captum_invert._core.base import InversionMethod
-from captum_invert.blocks.plan import InversionPlan
+from captum_invert import SolverSettings
 from captum_invert.datasets import load_dataset, load_digits
 from captum_invert.models import FCNN, TrainConfig, train
 from captum_invert.models.zoo import pad_to_32, recalibrate_batchnorm, zoo_model
@@ -38,17 +37,16 @@ ZOO = ["bn-mlp", "selu-logits", "resnet18 (torchvision)", "mobilenet_v3_small (t
        "convnext_atto (timm)", "vit (timm)", "mlp-mixer (timm)", "swin (timm)"]
 
 
-def run(cls, net, jobs, escalate, shape=None):
+def run(cls, net, jobs, escalate, shape=None, lp=True):
     """``jobs``: (target, n_samples, seed). Per b: (verified, requested, refused, s, iterations, escalated)."""
     out = []
-    before = InversionMethod._jacobian_averaging, InversionMethod._escalation
     for b in BETAS:
-        InversionMethod._jacobian_averaging, InversionMethod._escalation = b, escalate
+        settings = SolverSettings(escalation=escalate, jacobian_averaging=b, lp=lp)
         ok = req = refused = esc = 0
         its = []
         t0 = time.perf_counter()
         for target, n, seed in jobs:
-            inv = cls(net) if shape is None else cls(net, input_shape=shape)
+            inv = cls(net, solver=settings) if shape is None else cls(net, input_shape=shape, solver=settings)
             try:
                 inv.attribute(target=target, n_samples=n, seed=seed, input_range=(0.0, 1.0), atol=0.02)
                 ok += n
@@ -61,7 +59,6 @@ def run(cls, net, jobs, escalate, shape=None):
             its.append(inv.last_stats.get("mean_iterations", float("nan")))
             esc += inv.last_stats.get("escalated", 0)
         out.append((ok, req, refused, time.perf_counter() - t0, sum(its) / max(len(its), 1), esc))
-    InversionMethod._jacobian_averaging, InversionMethod._escalation = before
     return out
 
 
@@ -85,19 +82,14 @@ def saturated():
                         nn.Flatten(), nn.Linear(128, 32), nn.ELU(), nn.Linear(32, 10), nn.ELU())
     cnn.input_shape = (1, 8, 8)
     nets["bn_cnn"] = train(cnn, tr, cfg, progress=False)
-    lp = InversionPlan._mark_lp
-    InversionPlan._mark_lp = lambda *a: None  # the Levenberg-Marquardt route, not the LP one
-    try:
-        jobs = [([c] * 5, 5, 0) for c in range(10)]
-        for escalate in (False, True):
-            for name, net in nets.items():
-                for cls in (ForwardPassInversion, GeneralizedInversion, BackwardPassInversion):
-                    if name == "bn_cnn" and cls is BackwardPassInversion:
-                        continue
-                    tag = f"saturated {name}, {cls.__name__[:-9]}, escalation {'on' if escalate else 'off'}"
-                    show(tag, run(cls, net, jobs, escalate))
-    finally:
-        InversionPlan._mark_lp = lp
+    jobs = [([c] * 5, 5, 0) for c in range(10)]
+    for escalate in (False, True):
+        for name, net in nets.items():
+            for cls in (ForwardPassInversion, GeneralizedInversion, BackwardPassInversion):
+                if name == "bn_cnn" and cls is BackwardPassInversion:
+                    continue
+                tag = f"saturated {name}, {cls.__name__[:-9]}, escalation {'on' if escalate else 'off'}"
+                show(tag, run(cls, net, jobs, escalate, lp=False))
 
 
 def zoo():

@@ -7,8 +7,8 @@ For each net:
 - for BackwardPassInversion, ForwardPassInversion and GeneralizedInversion at their defaults,
   unboxed and with input_range=(0, 1): the verified share of ``--per-class`` samples of every
   class, and the median over classes of the milliseconds per verified sample;
-- "before": Levenberg-Marquardt only (the escalation switched off, ``InversionMethod._escalation
-  = False``: the path of the releases before it); "after": the defaults.
+- "before": Levenberg-Marquardt only (the escalation switched off,
+  ``SolverSettings(escalation=False)``: the path of the releases before it); "after": the defaults.
 Then the failures' reasons and diagnoses.
 
 Usage: python benchmarks/robustness.py [--data-root DIR] [--per-class 20] [--nets all|hard|ordinary|NAMES]
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from captum_invert import BackwardPassInversion, ForwardPassInversion, GeneralizedInversion, InversionError
-from captum_invert._core.base import InversionMethod
+from captum_invert import SolverSettings
 from captum_invert._core.diagnosis import format_diagnosis
 from captum_invert.blocks.plan import model_mode_guard
 from captum_invert.metrics import class_probabilities
@@ -76,26 +76,23 @@ def _methods(net):
 
 def _run(cls, net, per_class, rng, escalate, diag):
     """Per-class calls: (verified share, median ms per verified sample, mean iterations)."""
-    InversionMethod._escalation = escalate
+    settings = SolverSettings(escalation=escalate)
     n_ok, costs, iters = 0, [], []
-    try:
-        for c in range(10):
-            inv = cls(net)
-            t = time.perf_counter()
-            try:
-                n = len(inv.attribute(target=[c] * per_class, seed=c, input_range=rng))
-            except InversionError as e:
-                n = e.n_verified
-                if escalate:
-                    diag.append(f"{cls.__name__}{' in (0,1)' if rng else ''}, class {c}: {e.reasons}; "
-                                + "; ".join(format_diagnosis(e.diagnosis or [], 0.9)))
-            dt = time.perf_counter() - t
-            n_ok += n
-            costs.append(1000 * dt / n if n else float("inf"))
-            if "mean_iterations" in inv.last_stats:
-                iters.append(inv.last_stats["mean_iterations"])
-    finally:
-        InversionMethod._escalation = True
+    for c in range(10):
+        inv = cls(net, solver=settings)
+        t = time.perf_counter()
+        try:
+            n = len(inv.attribute(target=[c] * per_class, seed=c, input_range=rng))
+        except InversionError as e:
+            n = e.n_verified
+            if escalate:
+                diag.append(f"{cls.__name__}{' in (0,1)' if rng else ''}, class {c}: {e.reasons}; "
+                            + "; ".join(format_diagnosis(e.diagnosis or [], 0.9)))
+        dt = time.perf_counter() - t
+        n_ok += n
+        costs.append(1000 * dt / n if n else float("inf"))
+        if "mean_iterations" in inv.last_stats:
+            iters.append(inv.last_stats["mean_iterations"])
     return n_ok / (10 * per_class), statistics.median(costs), (sum(iters) / len(iters) if iters else None)
 
 

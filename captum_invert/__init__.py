@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 _WHERE = {
     "BackwardPassInversion": "._core", "ForwardPassInversion": "._core", "GeneralizedInversion": "._core",
     "InversionError": "._core", "LayerInversion": "._core", "LearnedInversion": "._core",
-    "InversionMethod": "._core", "SampleDiagnosis": "._core",
+    "InversionMethod": "._core", "SampleDiagnosis": "._core", "ModelAdapter": "._core.model",
+    "SolverSettings": "._core.solve",
     "ActivationMaximization": "._core.baselines", "DatasetSearch": "._core.baselines",
     "ExactInversion": "._core.baselines", "MiddleFilter": "._core.baselines",
     "PixelImportance": "._core.baselines", "PseudoInverseInversion": "._core.baselines",

@@ -191,7 +191,8 @@ def run_invert(model: str, out: str, target: str, method: str = "generalized", w
     cls = {"forward": ForwardPassInversion, "generalized": GeneralizedInversion,
            "backward": BackwardPassInversion}[method]
     inv = cls(net, input_shape=shape)
-    kind, n_classes, _ = inv._probe()
+    probe = inv.adapter.probe()
+    kind, n_classes = probe.kind, probe.n_classes
     goal = parse_target(target, n_classes)
     kw = dict(target=goal, n_samples=n_samples, seed=seed, min_prob=min_prob, atol=atol,
               return_convergence_delta=True)
@@ -213,10 +214,7 @@ def run_invert(model: str, out: str, target: str, method: str = "generalized", w
     outp.mkdir(parents=True, exist_ok=True)
     probs = torch.zeros((0, n_classes))
     if len(x):
-        dtype, device = inv._model_dtype_device()
-        flat = torch.cat([t.reshape(len(t), -1) for t in parts], 1) if len(parts) > 1 else x
-        with torch.no_grad():
-            probs = inv.log_probs_from(inv.forward_func(flat.to(dtype=dtype, device=device)), kind).exp().float().cpu()
+        probs = inv.adapter.probs(inv.adapter.flat(parts) if len(parts) > 1 else x, kind).float()
     tgt = torch.as_tensor(goal, dtype=torch.float64 if isinstance(goal, torch.Tensor) else torch.int64)
     tensors = {"inputs": x.contiguous()} if len(parts) == 1 else {f"inputs.{i}": t.contiguous()
                                                                   for i, t in enumerate(parts)}

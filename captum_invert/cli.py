@@ -250,6 +250,7 @@ def run_reconstruct(dataset: str = "digits", data_root=None, model_name: str = "
 
     from . import InversionError, LayerInversion, LearnedInversion
     from . import features as F
+    from .metrics import normalized_reconstruction_error
     from .datasets import load_dataset
     from .models import TrainConfig, seed_fcnn, train, vit_mnist_small
     from .visualization import plot_inversion_grid
@@ -280,7 +281,7 @@ def run_reconstruct(dataset: str = "digits", data_root=None, model_name: str = "
     for label, name in layers:
         li = LearnedInversion(model, name).fit(tr, epochs=epochs, seed=seed, progress=progress)
         rec = li.attribute(xt)
-        err_l = F.normalized_reconstruction_error(xt, rec)
+        err_l = normalized_reconstruction_error(xt, rec)
         rows.append((f"{label}\n(learned)", rec[:n_show], None))
         inv = LayerInversion(model, name)
 
@@ -299,7 +300,7 @@ def run_reconstruct(dataset: str = "digits", data_root=None, model_name: str = "
         t0 = time.perf_counter()
         opt = optimize(xo)
         ms_o = (time.perf_counter() - t0) / len(xo) * 1e3
-        err_o = F.normalized_reconstruction_error(xo, opt, reference=xt)
+        err_o = normalized_reconstruction_error(xo, opt, reference=xt)
         one = xt[:n_latency]
         ms_l1 = _ms_per_image(lambda: [li.attribute(one[i:i + 1]) for i in range(len(one))], len(one))
         ms_o1 = _ms_per_image(lambda: [optimize(one[i:i + 1]) for i in range(len(one))], len(one), reps=1)
@@ -321,7 +322,7 @@ def run_reconstruct(dataset: str = "digits", data_root=None, model_name: str = "
             li = LearnedInversion(feature_fn=fn, input_shape=shape).fit(tr, epochs=epochs, seed=seed, progress=progress)
             rec = li.attribute(xt)
             rows.append((f"{label}\n(learned)", rec[:n_show], None))
-            table.append({"features": label, "learned error": F.normalized_reconstruction_error(xt, rec),
+            table.append({"features": label, "learned error": normalized_reconstruction_error(xt, rec),
                           f"learned ms/img (batch {len(xo)})": _ms_per_image(lambda: li.attribute(xo), len(xo)),
                           "learned ms (1 image)": _ms_per_image(
                               lambda: [li.attribute(one[i:i + 1]) for i in range(len(one))], len(one))})
@@ -341,7 +342,7 @@ def run_reconstruct(dataset: str = "digits", data_root=None, model_name: str = "
     fig.savefig(out / "reconstruct.png", dpi=100)
     res = {"dataset": dataset, "model": model_name, "n_test": len(xt), "n_opt": len(xo),
            "n_latency": len(one), "rows": table,
-           "mean_image_error": F.normalized_reconstruction_error(xt, xt.mean(0, keepdim=True).expand_as(xt))}
+           "mean_image_error": normalized_reconstruction_error(xt, xt.mean(0, keepdim=True).expand_as(xt))}
     (out / "reconstruct.json").write_text(json.dumps(res, indent=2))
     cols = list(table[0])
     if "autoencoder error" in cols:

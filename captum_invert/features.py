@@ -8,9 +8,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .metrics import normalized_reconstruction_error  # noqa: F401 - its former home
+
 __all__ = ["lbp_features", "hog_features", "binarized", "binarize", "dropout", "drop_smallest",
-           "keep_top_k", "zero_top_k", "interpolate", "sample_from_histograms",
-           "normalized_reconstruction_error"]
+           "keep_top_k", "zero_top_k", "interpolate", "sample_from_histograms"]
 
 
 def _skimage():
@@ -116,14 +117,3 @@ def sample_from_histograms(bank: Tensor, n: int, alpha: float = 1.0,
     M, d = bank.shape
     rows = torch.randint(0, M, (n, d), generator=gen)
     return alpha * bank[rows, torch.arange(d)[None, :].expand(n, d)]
-
-
-def normalized_reconstruction_error(x: Tensor, rec: Tensor, reference: Optional[Tensor] = None) -> float:
-    """Seed 003's error: ``mean ||x - rec|| / N`` with ``N`` the mean Euclidean distance between
-    the images of ``reference`` (default ``x``): 0 is perfect, about 1 is as far as a random
-    other image."""
-    from .metrics import mean_pairwise_distance
-
-    ref = x if reference is None else reference
-    N = mean_pairwise_distance(ref)
-    return float((x.float().cpu() - rec.float().cpu()).flatten(1).norm(dim=1).mean()) / max(N, 1e-12)

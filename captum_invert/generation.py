@@ -34,7 +34,7 @@ def model_hash(model) -> str:
 
     if isinstance(model, (str, Path)) and os.path.isfile(model):
         return _sha256(model)
-    mod = getattr(model, "module", model)  # CompiledModel
+    mod = getattr(model, "module", model)  # a wrapped module
     h = hashlib.sha256()
     if isinstance(mod, torch.nn.Module):
         for k, v in mod.state_dict().items():
@@ -191,7 +191,8 @@ def generate(model, out, targets, n_per_target: int, method: str = "generalized"
     cls = {"forward": ForwardPassInversion, "generalized": GeneralizedInversion,
            "backward": BackwardPassInversion}[method]
     inv = cls(net, input_shape=input_shape)
-    kind, n_classes, _ = inv._probe()
+    probe = inv.adapter.probe()
+    kind, n_classes = probe.kind, probe.n_classes
     tg = parse_targets(targets, n_classes)
     is_dist = isinstance(tg, torch.Tensor)
     n_t = len(tg)
@@ -261,9 +262,7 @@ def generate(model, out, targets, n_per_target: int, method: str = "generalized"
             keep = [k for k in range(len(idx)) if xs[k] is not None]
             if keep:
                 x = torch.stack([xs[k] for k in keep])
-                dtype, device = inv._model_dtype_device()
-                with torch.no_grad():
-                    probs = inv.log_probs_from(inv.forward_func(x.to(dtype=dtype, device=device)), kind).exp().float().cpu()
+                probs = inv.adapter.probs(x, kind).float()
             else:
                 x = torch.zeros((0, *inv.input_shape))
                 probs = torch.zeros((0, n_classes))

@@ -18,7 +18,6 @@ distribution as their target.
 """
 from __future__ import annotations
 
-import copy
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from ._core.model import ModelAdapter
 
 __all__ = ["harden", "acet", "HardenReport", "undesirable", "attack_rates", "projected_adam_attack"]
 
@@ -84,13 +85,7 @@ def undesirable(x: Tensor, labels: Tensor, judge: Optional[nn.Module] = None,
             distances).
     """
     if judge is not None:
-        was = judge.training
-        judge.eval()
-        try:
-            with torch.no_grad():
-                return (judge(x).argmax(1) != labels.to(x.device)).cpu()
-        finally:
-            judge.train(was)
+        return ModelAdapter(judge, tuple(x.shape[1:])).probs(x).argmax(1) != labels.cpu()
     if data is None:
         raise ValueError("`undesirable` needs a `judge` or the training `data`")
     xd, yd = data.tensors
@@ -112,17 +107,15 @@ def projected_adam_attack(model: nn.Module, labels: Tensor, shape, steps: int = 
     lo, hi = input_range
     x = (torch.rand((len(labels), *shape), generator=g) * (hi - lo) + lo).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr * (hi - lo))
-    was = model.training
-    model.eval()
-    try:
+    adapter = ModelAdapter(model, tuple(shape))
+    kind = adapter.probe().kind
+    with adapter.guard():
         for _ in range(steps):
             opt.zero_grad()
-            (-torch.log_softmax(model(x), 1).gather(1, labels[:, None]).sum()).backward()
+            (-adapter.log_probs(x, kind).gather(1, labels[:, None].to(adapter.device)).sum()).backward()
             opt.step()
             with torch.no_grad():
                 x.clamp_(lo, hi)
-    finally:
-        model.train(was)
     return x.detach()
 
 
@@ -145,8 +138,7 @@ def attack_rates(model: nn.Module, n_classes: int, per_class: int, shape, judge=
     out["lm_found"] = float(ok.float().mean())
     out["lm_undesirable"] = float((ok & bad).float().mean())
     xa = projected_adam_attack(model, labels, shape, adam_steps, input_range=input_range, seed=seed)
-    with torch.no_grad():
-        pa = model.eval()(xa).softmax(1).gather(1, labels[:, None]).squeeze(1)
+    pa = ModelAdapter(model, tuple(shape)).probs(xa).gather(1, labels[:, None]).squeeze(1)
     oka = pa >= min_prob
     bada = undesirable(xa, labels, judge, data, threshold)
     out["adam_found"] = float(oka.float().mean())
@@ -162,13 +154,15 @@ def _fine_tune(model: nn.Module, data: TensorDataset, reject: Optional[Tensor], 
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=g)
+    adapter = ModelAdapter(model, tuple(data.tensors[0].shape[1:]))
+    kind = adapter.probe().kind  # the loss reads the output as the methods do (a sigmoid head too)
     model.train()
     for _ in range(epochs):
         for xb, yb in loader:
-            loss = nn.functional.cross_entropy(model(xb), yb)
+            loss = nn.functional.nll_loss(adapter.log_probs(xb, kind), yb.to(adapter.device))
             if reject is not None and len(reject):
                 i = torch.randint(len(reject), (min(batch_size, len(reject)),), generator=g)
-                loss = loss - weight * torch.log_softmax(model(reject[i]), 1).mean()
+                loss = loss - weight * adapter.log_probs(reject[i], kind).mean()
             if extra is not None:
                 loss = loss + extra(model, xb)
             opt.zero_grad(set_to_none=True)
@@ -178,17 +172,8 @@ def _fine_tune(model: nn.Module, data: TensorDataset, reject: Optional[Tensor], 
 
 
 def _trainable_copy(model: nn.Module) -> nn.Module:
-    """A deep copy whose parameters are leaves (a TorchScript module's ``deepcopy`` clones them
-    through autograd when they require grad, so it goes through ``torch.jit.save`` / ``load``)."""
-    if isinstance(model, torch.jit.ScriptModule):
-        import io
-
-        buf = io.BytesIO()
-        torch.jit.save(model, buf)
-        buf.seek(0)
-        dev = next(iter(model.parameters()), torch.empty(0)).device
-        return torch.jit.load(buf, map_location=dev)
-    return copy.deepcopy(model)
+    """A deep copy whose parameters are leaves (see :meth:`ModelAdapter.trainable_copy`)."""
+    return ModelAdapter(model, (1,)).trainable_copy()
 
 
 def _accuracy(model, data: TensorDataset) -> float:
@@ -280,17 +265,20 @@ def acet(model: nn.Module, dataset: TensorDataset, epochs: int = 4, lr: float = 
     for p in net.parameters():
         p.requires_grad_(True)
 
+    adapter = ModelAdapter(net, tuple(dataset.tensors[0].shape[1:]))
+    kind = adapter.probe().kind
+
     def extra(m, xb):
         z = torch.rand(xb.shape, generator=g) * (hi - lo) + lo
         a = z.clone()
         m.eval()
         for _ in range(steps):
             a.requires_grad_(True)
-            conf = torch.log_softmax(m(a), 1).amax(1).sum()
+            conf = adapter.log_probs(a, kind).amax(1).sum()
             (grad,) = torch.autograd.grad(conf, a)
             with torch.no_grad():
                 a = torch.minimum(torch.maximum(a + (eps / 4) * grad.sign(), z - eps), z + eps).clamp(lo, hi)
         m.train()
-        return weight * torch.log_softmax(m(a.detach()), 1).amax(1).mean()
+        return weight * adapter.log_probs(a.detach(), kind).amax(1).mean()
 
     return _fine_tune(net, dataset, None, epochs, lr, batch_size, weight, seed, extra)

@@ -12,23 +12,33 @@ from .blocks.plan import model_mode_guard
 
 __all__ = ["class_probabilities", "target_probability", "mean_pairwise_distance",
            "nearest_distance", "judge_accuracy", "judge_features", "frechet_distance",
-           "class_diversity", "copies", "prototype_report", "judge_agreement"]
+           "class_diversity", "copies", "prototype_report", "judge_agreement",
+           "normalized_reconstruction_error"]
 
 
-def class_probabilities(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
-    """Softmax of ``model(x)`` (or its output as is when the model ends in ``nn.Softmax``), in
-    eval mode (restored afterwards), shape ``(N, C)``. A single output is a binary classifier:
-    ``[1 - p, p]`` with ``p`` its sigmoid (or the output itself after an ``nn.Sigmoid``)."""
-    from ._core.base import InversionMethod
+def class_probabilities(model, x: Tensor, batch_size: int = 1024, *, output: Optional[str] = None,
+                        select=None) -> Tensor:
+    """The model's class probabilities on ``x``, read as every method reads them (see
+    :class:`~captum_invert.InversionMethod`: the output kind is read from the output, or
+    declared with ``output``; ``select`` picks one of several outputs), in eval mode (restored
+    afterwards), shape ``(N, C)`` float64 on the CPU. A single output is a binary classifier:
+    ``[1 - p, p]``.
 
-    out = []
-    with model_mode_guard(model), torch.no_grad():
-        leaves = [m for m in model.modules() if next(iter(m.children()), None) is None]
-        last = leaves[-1] if leaves else None
-        for i in range(0, len(x), batch_size):
-            o = model(x[i:i + batch_size])
-            out.append(InversionMethod.log_probs_from(o, InversionMethod.output_kind(last, o.shape[1])).exp())
-    return torch.cat(out) if out else torch.zeros(0)
+    Args:
+        model (nn.Module or callable): the classifier.
+        x (Tensor): inputs ``(N, *input_shape)``.
+        batch_size (int): inputs per forward pass.
+        output, select: as for the methods.
+
+    Returns:
+        Tensor: ``(N, C)``.
+    """
+    from ._core.model import ModelAdapter
+
+    if not len(x):
+        return torch.zeros(0)
+    adapter = ModelAdapter(model, tuple(x.shape[1:]), output=output, select=select)
+    return adapter.probs(x, batch_size=batch_size)
 
 
 def target_probability(model: nn.Module, x: Tensor, labels) -> Tensor:
@@ -225,3 +235,12 @@ def prototype_report(x: Tensor, labels, judge: nn.Module, reference: Tensor, ref
             "nn_dist": float(nearest_distance(x, reference, labels=lab, reference_labels=reference_labels.cpu()).mean()),
             "frechet": frechet_distance(fx, fr) if len(fx) > 1 else float("nan"),
             "diversity": class_diversity(x, lab)}
+
+
+def normalized_reconstruction_error(x: Tensor, rec: Tensor, reference: Optional[Tensor] = None) -> float:
+    """Seed 003's error: ``mean ||x - rec|| / N`` with ``N`` the mean Euclidean distance between
+    the images of ``reference`` (default ``x``): 0 is perfect, about 1 is as far as a random
+    other image."""
+    ref = x if reference is None else reference
+    N = mean_pairwise_distance(ref)
+    return float((x.float().cpu() - rec.float().cpu()).flatten(1).norm(dim=1).mean()) / max(N, 1e-12)

@@ -34,11 +34,12 @@ def _shard_bytes(out):
 @pytest.fixture(scope="module")
 def one_process(pt2, tmp_path_factory):
     out = tmp_path_factory.mktemp("one")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         m = generate(str(pt2), out, **ARGS)
     finally:
-        torch.set_num_threads(2)
+        torch.set_num_threads(threads)
     return out, m
 
 
@@ -72,6 +73,7 @@ def test_two_ranks_under_torchrun_make_the_same_union(one_process, pt2, tmp_path
 def test_killed_run_resumes_to_the_same_result(one_process, pt2, tmp_path):
     out1, _ = one_process
     out = tmp_path / "resumed"
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -82,7 +84,7 @@ def test_killed_run_resumes_to_the_same_result(one_process, pt2, tmp_path):
         (out / "shards" / ".shard-00003.safetensors.tmp999").write_bytes(b"half a shard")  # a kill mid-write
         m = generate(str(pt2), out, **ARGS)
     finally:
-        torch.set_num_threads(2)
+        torch.set_num_threads(threads)
     after = _shard_bytes(out)
     assert all(after[k] == v for k, v in before.items())  # complete shards untouched
     assert all((out / "shards" / k).stat().st_mtime_ns == t for k, t in stamps.items() if k in before)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..blocks.activations import ElementwiseInverse, get_inverse, interior, registered_types
 from ..blocks.linear import LinearInverse, linear_inverse
 from ..blocks.piecewise import LP_MAX_ENTRIES, constraint_count, linearize, lp_fits, split_piecewise
-from ..blocks.plan import LeafTrace, model_mode_guard
+from ..blocks.plan import LeafTrace
 from .diagnosis import check_reference
 from .batching import batched_attribute
 from .base import (
@@ -228,15 +228,27 @@ class BackwardPassInversion(InversionMethod):
             BatchNorm). Anything else (GELU, attention, a residual addition) raises a
             ``ValueError`` pointing to :class:`~captum_invert.ForwardPassInversion`.
         input_shape (tuple of int, optional): shape of one input; see
-            :class:`~captum_invert._core.base.InversionMethod`.
+            :class:`~captum_invert.InversionMethod`.
+        output, select, solver: see :class:`~captum_invert.InversionMethod`.
+
+    Raises:
+        ValueError: the model is not an ``nn.Module`` whose layers can be read: a plain callable,
+            or a TorchScript / ``torch.export`` module (use ForwardPassInversion or
+            GeneralizedInversion, which run it as an opaque function).
     """
 
+    def __init__(self, forward_func, input_shape=None, **options) -> None:
+        super().__init__(forward_func, input_shape, **options)
+        if self.adapter.traceable is None:
+            what = "is compiled (TorchScript or torch.export), so its layers cannot be read" if (
+                self.adapter.compiled) else "is not an nn.Module, so its layers cannot be read"
+            raise ValueError(f"BackwardPassInversion inverts the model layer by layer, but the model "
+                             f"({type(forward_func).__name__}) {what}. Use ForwardPassInversion or "
+                             "GeneralizedInversion, which run it as an opaque function, or pass the eager "
+                             "nn.Module")
+
     def _chain(self, trace: LeafTrace, cond_num: float) -> _Chain:
-        model = self.forward_func
-        name = type(model).__name__
-        if not isinstance(model, nn.Module):
-            raise ValueError("BackwardPassInversion needs an nn.Module (it reads the layers); "
-                             "use ForwardPassInversion for a plain callable")
+        name = type(self.forward_func).__name__
         if not trace.composes:
             raise ValueError(
                 f"BackwardPassInversion needs a model that is a chain of modules, but running the "
@@ -244,7 +256,7 @@ class BackwardPassInversion(InversionMethod):
                 "(functional code such as F.relu or a residual addition in forward()?). Use "
                 "ForwardPassInversion, which works on any differentiable model."
             )
-        _, device = self._model_dtype_device()
+        device = self.adapter.device
         chain = build_chain(trace.calls, cond_num, device, "BackwardPassInversion")
         n0 = chain.layers[0].linear.in_features
         if math.prod(self.input_shape) != n0:
@@ -372,6 +384,7 @@ class BackwardPassInversion(InversionMethod):
         self,
         inputs: Optional[Tensor] = None,
         target=None,
+        *,
         n_samples: Optional[int] = None,
         std: float = 0.1,
         cond_num: float = 100.0,
@@ -409,7 +422,9 @@ class BackwardPassInversion(InversionMethod):
             margin (float): in (0, 0.5); each bounded activation range is shrunk by this fraction
                 of the distance from its value at 0 to its asymptote when sampling null-space
                 noise and choosing the softmax constant (keeps samples out of saturation).
-            max_iter (int): Levenberg-Marquardt iterations of each anchor solve.
+            max_iter (int): Levenberg-Marquardt iterations of each anchor solve (50, not the 30 of
+                ForwardPassInversion: an anchor aims at the middle of the class region, not just
+                past ``min_prob``, so that the region around it has room).
             max_retries (int): new random starts for samples that fail.
             init_std (float): standard deviation of random starts without ``input_range``.
             return_convergence_delta (bool): also return the per-sample delta.
@@ -441,7 +456,7 @@ class BackwardPassInversion(InversionMethod):
         n_inputs = self._check_inputs(inputs)
         reference = check_reference(reference, self.input_shape)
         gen = make_generator(seed)
-        with model_mode_guard(self.forward_func):
+        with self.adapter.guard():
             kind, n_classes, trace = self._probe()
             self._need_softmax(kind, "BackwardPassInversion")
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
@@ -479,7 +494,7 @@ class BackwardPassInversion(InversionMethod):
         if all(isinstance(c.module, plain) for c in rest):
             trunk = trunk + rest  # the logits are affine on each region: one LP block
         else:
-            _, device = self._model_dtype_device()
+            device = self.adapter.device
             head = build_chain(rest, cond_num, device, "BackwardPassInversion")
             head.set_boxes(margin, None)
         d = math.prod(self.input_shape)
@@ -538,7 +553,7 @@ class BackwardPassInversion(InversionMethod):
 
     def _run_lp(self, lp: _LP, kind, goal: Goal, std, gen, input_range, max_iter, max_retries, init_std,
                 inputs, spread, return_delta, allow_unverified, tail, reference):
-        dtype, device = self._model_dtype_device()
+        dtype, device = self.adapter.dtype_device
         N, shape = goal.n, self.input_shape
         x = torch.zeros((N, *shape), dtype=dtype, device=device)
         ok = torch.zeros(N, dtype=torch.bool)
@@ -584,7 +599,7 @@ class BackwardPassInversion(InversionMethod):
                             allow_unverified, return_delta, "BackwardPassInversion", goal, kind, input_range,
                             reference)
 
-    def region(self, target, seed=None, input_range: Optional[Tuple[float, float]] = None,
+    def region(self, target, *, seed=None, input_range: Optional[Tuple[float, float]] = None,
                inputs: Optional[Tensor] = None, min_prob: float = 0.9, atol: float = 0.02,
                std: float = 0.1, cond_num: float = 100.0, margin: float = 0.05, max_iter: int = 50,
                max_retries: int = 3, init_std: float = 0.1) -> PreimageRegion:
@@ -616,19 +631,20 @@ class BackwardPassInversion(InversionMethod):
             inputs = inputs.reshape(1, *self.input_shape) if inputs.dim() == len(self.input_shape) else inputs
             if len(inputs) != 1:
                 raise ValueError(f"`inputs` of region() must hold one start, got {len(inputs)}")
-        with model_mode_guard(self.forward_func):
+        with self.adapter.guard():
             _, _, trace = self._probe()
             if trace is None or self._lp_setup(trace, cond_num, margin) is None:
                 raise ValueError("region() needs a model with piecewise-linear modules (ReLU, MaxPool, Conv, ...); "
                                  "this model is an analytic chain, whose preimage of a point is an affine set: "
                                  "use attribute()")
-        self.attribute(inputs, target, 1, std, cond_num, seed, input_range, min_prob, atol, margin, max_iter,
-                       max_retries, init_std)
+        self.attribute(inputs, target, n_samples=1, std=std, cond_num=cond_num, seed=seed, input_range=input_range,
+                       min_prob=min_prob, atol=atol, margin=margin, max_iter=max_iter, max_retries=max_retries,
+                       init_std=init_std)
         return self.last_regions[0]
 
     def _run(self, chain, kind, goal: Goal, std, gen, input_range, max_iter, max_retries,
              init_std, inputs, return_delta, allow_unverified, tail, reference=None):
-        dtype, device = self._model_dtype_device()
+        dtype, device = self.adapter.dtype_device
         N = goal.n
         shape = self.input_shape
         P = goal.aim().to(chain.device)

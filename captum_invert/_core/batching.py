@@ -7,11 +7,12 @@ import functools
 import inspect
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import InversionError, make_generator
+from .errors import InversionError
+from .solve import make_generator
 
-__all__ = ["batched_attribute", "JointInputs", "joint_shapes"]
+__all__ = ["batched_attribute"]
 
 _DOC = '''
             additional_forward_args (optional): passed to the model after the inputs, as in
@@ -52,88 +53,6 @@ def _slice_target(target, lo, hi, n):
     return target
 
 
-class _WithArgs(nn.Module):
-    """``model(x, *args)`` as a one-input model; tensors with batch dimension 1 are expanded to
-    ``len(x)``."""
-
-    def __init__(self, model, args) -> None:
-        super().__init__()
-        self.model = model
-        self.args = args
-
-    def forward(self, x):
-        args = [a.expand(len(x), *a.shape[1:]) if isinstance(a, Tensor) and a.dim() > 0 and len(a) == 1 else a
-                for a in self.args]
-        return self.model(x, *args)
-
-
-class JointInputs(nn.Module):
-    """A model of several inputs, ``model(x1, x2, ..., *extra)``, as a model of one flat input
-    ``(N, sum of numels)``: the inputs are inverted jointly, as Captum attributes tuple inputs.
-
-    Args:
-        model (nn.Module or callable): the multi-input model.
-        shapes (tuple of tuple of int): each input's shape without the batch dimension.
-    """
-
-    def __init__(self, model, shapes) -> None:
-        super().__init__()
-        self.model = model
-        self.shapes = tuple(tuple(s) for s in shapes)
-        self.sizes = [int(torch.Size(s).numel()) for s in self.shapes]
-
-    def forward(self, x, *extra):
-        parts = torch.split(x, self.sizes, dim=1)
-        return self.model(*(p.reshape(len(x), *s) for p, s in zip(parts, self.shapes)), *extra)
-
-
-def joint_shapes(input_shape):
-    """``None`` for a single input's shape, else the tuple of shapes of a multi-input model
-    (``input_shape`` a sequence of sequences of positive ints; a ValueError otherwise)."""
-    if input_shape is None or isinstance(input_shape, int) or not len(input_shape) or not all(
-            isinstance(s, (tuple, list, torch.Size)) for s in input_shape):
-        if input_shape is not None and not isinstance(input_shape, int) and any(
-                isinstance(s, (tuple, list, torch.Size)) for s in input_shape):
-            raise ValueError("`input_shape` must be a tuple of ints (one input) or a tuple of such tuples "
-                             f"(one per input of a multi-input model), got {input_shape!r}")
-        return None
-    shapes = tuple(tuple(s) for s in input_shape)
-    if not all(s and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in s) for s in shapes):
-        raise ValueError(f"`input_shape`: every input's shape must be a tuple of positive ints, got {input_shape!r}")
-    return shapes
-
-
-def _join(inputs, shapes) -> Tensor:
-    """A tuple of ``(N, *shape_i)`` tensors as one ``(N, sum of numels)`` tensor."""
-    want = ", ".join(f"(N, {', '.join(map(str, s))})" for s in shapes)
-    if not isinstance(inputs, (tuple, list)) or len(inputs) != len(shapes) or not all(
-            isinstance(t, Tensor) and tuple(t.shape[1:]) == s for t, s in zip(inputs, shapes)) or len(
-            {len(t) for t in inputs}) != 1:
-        got = (tuple(tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in inputs)
-               if isinstance(inputs, (tuple, list)) else type(inputs).__name__)
-        raise ValueError(f"`inputs` must be a tuple of {len(shapes)} tensors of shapes {want}, got {got}")
-    dt = functools.reduce(torch.promote_types, [t.dtype for t in inputs])
-    return torch.cat([t.reshape(len(t), -1).to(dt) for t in inputs], 1)
-
-
-def _split(x: Tensor, shapes):
-    sizes = [int(torch.Size(s).numel()) for s in shapes]
-    return tuple(p.reshape(len(x), *s) for p, s in zip(torch.split(x, sizes, dim=1), shapes))
-
-
-def _check_args(args, n):
-    if not isinstance(args, tuple):
-        args = (args,)
-    for i, a in enumerate(args):
-        if isinstance(a, Tensor) and a.dim() > 0 and len(a) != 1:
-            raise ValueError(
-                f"`additional_forward_args`[{i}] is a tensor with batch dimension {len(a)}: inversion creates "
-                "its own inputs, so extra arguments must be shared by every sample (a batch dimension of 1, "
-                "expanded to each call's batch, or no batch dimension). For per-sample arguments, run one "
-                "call per value.")
-    return args
-
-
 def batched_attribute(fn):
     """Give an ``attribute`` method (keywords ``inputs``, ``target``, ``n_samples``, ``seed``,
     ``return_convergence_delta``, ``allow_unverified``) the keywords
@@ -143,25 +62,24 @@ def batched_attribute(fn):
 
     @functools.wraps(fn)
     def joint(self, *args, **kwargs):
-        shapes = getattr(self, "_joint_shapes", None)
-        if shapes is None:
+        adapter = self.adapter
+        if not adapter.joint_shapes:
             return wrapper(self, *args, **kwargs)
         extra = {k: kwargs.pop(k) for k in ("additional_forward_args", "internal_batch_size", "show_progress")
                  if k in kwargs}
         a = dict(sig.bind_partial(self, *args, **kwargs).arguments)
         a.pop("self")
         if a.get("inputs") is not None:
-            a["inputs"] = _join(a["inputs"], shapes)
+            a["inputs"] = adapter.flat(a["inputs"])
         try:
             out = wrapper(self, **a, **extra)
         except InversionError as e:
-            e.result = None if e.result is None else _split(e.result, shapes)
-            e.partial = None if e.partial is None else _split(e.partial, shapes)
+            e.result, e.partial = adapter.unflat(e.result), adapter.unflat(e.partial)
             raise
         if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor) and a.get(
                 "return_convergence_delta", False):
-            return _split(out[0], shapes), out[1]
-        return _split(out, shapes)
+            return adapter.unflat(out[0]), out[1]
+        return adapter.unflat(out)
 
     def wrapper(self, *args, additional_forward_args=None, internal_batch_size=None, show_progress: bool = False,
                 **kwargs):
@@ -169,17 +87,15 @@ def batched_attribute(fn):
             why = getattr(self, "_no_forward_args", None)
             if why:
                 raise ValueError(f"`additional_forward_args` is not supported by {type(self).__name__}: {why}")
-            extra = _check_args(additional_forward_args, None)
-            model, plan = self.forward_func, getattr(self, "_plan", None)
-            self.forward_func = _WithArgs(model, extra) if isinstance(model, nn.Module) else (
-                lambda x: model(x, *extra))
+            adapter, plan = self.adapter, getattr(self, "_plan", None)
+            self.adapter = adapter.with_args(additional_forward_args)
             if plan is not None:  # a plan (GeneralizedInversion) is traced on the model as called
                 self._plan = None
             try:
                 return wrapper(self, *args, internal_batch_size=internal_batch_size, show_progress=show_progress,
                                **kwargs)
             finally:
-                self.forward_func = model
+                self.adapter = adapter
                 if hasattr(self, "_plan"):
                     self._plan = plan
         if internal_batch_size is not None and (isinstance(internal_batch_size, bool) or not isinstance(

@@ -8,6 +8,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .reachability import output_tail, prob_bounds
+
 __all__ = ["SampleDiagnosis", "diagnose", "format_diagnosis", "check_reference"]
 
 #: A unit counts as saturated where its derivative is below this fraction of its mean slope.
@@ -87,13 +89,13 @@ def diagnose(method, x: Tensor, index: Tensor, goal, kind: str, input_range=None
     must be in eval mode (the caller holds the model guard). One forward and one backward pass."""
     from ..solvers.first_order import SURROGATE_ACTIVATIONS
 
-    model = method.forward_func
-    dtype, device = method._model_dtype_device()
-    x = x.detach().to(dtype=dtype, device=device)
+    adapter = method.adapter
+    model = adapter.traceable
+    x = adapter.cast(x.detach())
     n = len(x)
     sat: Dict[str, Tuple[str, Tensor]] = {}
     handles = []
-    if isinstance(model, nn.Module):
+    if model is not None:
         for name, m in model.named_modules():
             if isinstance(m, SURROGATE_ACTIVATIONS):
                 def hook(mod, args, out, name=name):
@@ -107,7 +109,7 @@ def diagnose(method, x: Tensor, index: Tensor, goal, kind: str, input_range=None
     try:
         with torch.enable_grad():
             xr = x.clone().requires_grad_(True)
-            lp = method.log_probs_from(model(xr), kind)
+            lp = adapter.log_probs(xr, kind)
             gl = goal.to(lp.device)
             if gl.labels is not None:
                 t = gl.labels[:, None]
@@ -126,10 +128,10 @@ def diagnose(method, x: Tensor, index: Tensor, goal, kind: str, input_range=None
     bound = None
     if goal.labels is not None and not kind.startswith("binary"):
         try:
-            _, n_classes, trace = method._probe()
-            tail = method._output_tail(trace)
+            p = adapter.probe()
+            tail = output_tail(p.trace)
             if tail is not None:
-                bound = method._prob_bounds(tail, n_classes)[1]
+                bound = prob_bounds(tail, p.n_classes)[1]
         except Exception:  # noqa: BLE001
             bound = None
     ref_hits = None
@@ -153,13 +155,7 @@ def _reference_reach(method, reference, goal, kind, input_range) -> Dict[int, Tu
     """``class -> (k, m)``: ``k`` of the ``m`` reference inputs of the class meet the goal
     (key -1 for distribution targets: every reference input, against each sample's goal)."""
     X, y = reference
-    dtype, device = method._model_dtype_device()
-    probs = []
-    with torch.no_grad():
-        for i in range(0, len(X), 256):
-            xb = X[i:i + 256].to(dtype=dtype, device=device)
-            probs.append(method.log_probs_from(method.forward_func(xb), kind).exp().double().cpu())
-    P = torch.cat(probs)
+    P = method.adapter.probs(X, kind, batch_size=256)
     inside = torch.ones(len(X), dtype=torch.bool)
     if input_range is not None:
         flat = X.reshape(len(X), -1)

@@ -7,7 +7,6 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..blocks.plan import model_mode_guard
 from ..priors import resolve_prior
 from .diagnosis import check_reference
 from .batching import batched_attribute
@@ -47,6 +46,8 @@ class ForwardPassInversion(InversionMethod):
             Samples must not interact (no batch statistics).
         input_shape (tuple of int, optional): shape of one input; default
             ``forward_func.input_shape`` or the first Linear's ``in_features``.
+        output, select, solver: how to read the model's output, which of several outputs, and
+            the solver settings; see :class:`~captum_invert.InversionMethod`.
     """
 
     @batched_attribute
@@ -54,6 +55,7 @@ class ForwardPassInversion(InversionMethod):
         self,
         inputs: Optional[Tensor] = None,
         target=None,
+        *,
         n_samples: Optional[int] = None,
         max_iter: int = 30,
         input_range: Optional[Tuple[float, float]] = None,
@@ -88,7 +90,7 @@ class ForwardPassInversion(InversionMethod):
             init_std (float): standard deviation of random starts without ``input_range``.
             max_retries (int): new random starts for samples that do not converge.
             residual (str): ``'log_prob'`` (default) or ``'prob'``; see
-                :meth:`~captum_invert._core.base.InversionMethod._solve_to_goal`.
+                :func:`~captum_invert._core.solve.solve_to_goal`.
             prior (optional): an image prior (:mod:`captum_invert.priors`), ``'auto'``
                 (:func:`~captum_invert.priors.auto_prior`) or None. With a prior every start
                 (``inputs`` included) is first shaped by it (Adam on the prior's variables,
@@ -121,10 +123,10 @@ class ForwardPassInversion(InversionMethod):
         n_inputs = self._check_inputs(inputs)
         reference = check_reference(reference, self.input_shape)
         gen = make_generator(seed)
-        dtype, device = self._model_dtype_device()
-        prior = resolve_prior(prior, self.forward_func, self.input_shape)
+        dtype, device = self.adapter.dtype_device
+        prior = resolve_prior(prior, self.adapter.module, self.input_shape)
         self.last_stats = {}
-        with model_mode_guard(self.forward_func):
+        with self.adapter.guard():
             kind, n_classes, trace = self._probe()
             tail = self._output_tail(trace)
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)

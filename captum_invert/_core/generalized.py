@@ -7,13 +7,15 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..blocks.plan import InversionPlan, model_mode_guard
+from ..blocks.plan import InversionPlan
 from ..priors import resolve_prior
 from .backward_pass import BackwardPassInversion, build_chain
 from .forward_pass import ForwardPassInversion
 from .diagnosis import check_reference
 from .batching import batched_attribute
-from .base import CompiledModel, InversionMethod, _phased_lm, count_reasons, make_generator, random_starts, solver_dtype
+from .base import InversionMethod, count_reasons, make_generator, random_starts
+from .goal import goal_residual
+from .solve import SolverSettings, escalate, phased_lm
 
 __all__ = ["GeneralizedInversion"]
 
@@ -57,31 +59,46 @@ class GeneralizedInversion(InversionMethod):
         input_shape (tuple of int, optional): shape of one input.
         split_points (sequence of str, optional): module names where blocks must start (see
             :class:`~captum_invert.blocks.plan.InversionPlan`).
-        lp (bool): plan piecewise-linear chains as ``analytic (LP)`` blocks (certified regions,
-            about 0.3-6 s per sample on a 2-core CPU for 28x28 nets). False keeps them opaque:
-            Levenberg-Marquardt, milliseconds per sample, no region.
+        lp (bool, optional): plan piecewise-linear chains as ``analytic (LP)`` blocks (certified
+            regions, about 0.3-6 s per sample on a 2-core CPU for 28x28 nets). False keeps them
+            opaque: Levenberg-Marquardt, milliseconds per sample, no region. Default: the
+            solver settings' ``lp`` (True).
+        output, select, solver: see :class:`~captum_invert.InversionMethod`.
     """
 
-    def __init__(self, forward_func, input_shape=None, split_points: Optional[Sequence[str]] = None,
-                 lp: bool = True) -> None:
+    def __init__(self, forward_func, input_shape=None, *, split_points: Optional[Sequence[str]] = None,
+                 lp: Optional[bool] = None, **options) -> None:
         if not isinstance(forward_func, nn.Module):
             raise ValueError("GeneralizedInversion needs an nn.Module (it hooks the layers); "
                              "use ForwardPassInversion for a plain callable")
-        super().__init__(forward_func, input_shape)
+        super().__init__(forward_func, input_shape, **options)
         self.split_points = list(split_points) if split_points is not None else None
-        if not isinstance(lp, bool):
-            raise ValueError(f"`lp` must be a bool, got {lp!r}")
-        self.lp = lp
+        if lp is not None and not isinstance(lp, bool):
+            raise ValueError(f"`lp` must be a bool or None (the solver settings' lp), got {lp!r}")
+        if lp is not None and lp != self.solver.lp:
+            s = self.solver
+            self.solver = SolverSettings(escalation=s.escalation, jacobian_averaging=s.jacobian_averaging, lp=lp)
+        self.lp = self.solver.lp
         self._plan = None
 
     @property
     def plan(self) -> InversionPlan:
-        """The model's :class:`~captum_invert.blocks.plan.InversionPlan` (built on first use)."""
+        """The model's :class:`~captum_invert.blocks.plan.InversionPlan` (built on first use).
+
+        Raises:
+            ValueError: for a TorchScript or ``torch.export`` model, which has no layers to plan
+                (``attribute`` runs it as one opaque Levenberg-Marquardt block).
+        """
+        if self.adapter.traceable is None:
+            raise ValueError(
+                f"GeneralizedInversion.plan: the model ({type(self.forward_func).__name__}) is compiled "
+                "(TorchScript or torch.export), so its layers cannot be traced: `attribute` runs it as one "
+                "opaque block (Levenberg-Marquardt, as ForwardPassInversion). Pass the eager nn.Module for "
+                "a plan of blocks")
         if self._plan is None:
-            dtype, device = self._model_dtype_device()
             g = torch.Generator().manual_seed(0)
-            ex = torch.randn((2, *self.input_shape), generator=g).to(dtype=dtype, device=device)
-            self._plan = InversionPlan(self.forward_func, ex, self.split_points, ends_only=True, lp=self.lp)
+            ex = self.adapter.cast(torch.randn((2, *self.input_shape), generator=g))
+            self._plan = InversionPlan(self.adapter.traceable, ex, self.split_points, ends_only=True, lp=self.lp)
         return self._plan
 
     @batched_attribute
@@ -89,6 +106,7 @@ class GeneralizedInversion(InversionMethod):
         self,
         inputs: Optional[Tensor] = None,
         target=None,
+        *,
         n_samples: Optional[int] = None,
         std: float = 0.1,
         cond_num: float = 100.0,
@@ -146,32 +164,34 @@ class GeneralizedInversion(InversionMethod):
         n_inputs = self._check_inputs(inputs)
         reference = check_reference(reference, self.input_shape)
         gen = make_generator(seed)
-        prior = resolve_prior(prior, self.forward_func, self.input_shape)
+        prior = resolve_prior(prior, self.adapter.module, self.input_shape)
         self.last_stats = {}
-        with model_mode_guard(self.forward_func):
+        with self.adapter.guard():
             kind, n_classes, trace = self._probe()
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
             self._check_reachable(goal, self._output_tail(trace), "GeneralizedInversion", allow_unverified,
                                   trace, kind)
-            compiled = isinstance(self.forward_func, CompiledModel)  # opaque: one LM block
+            compiled = self.adapter.traceable is None  # opaque: one LM block
             blocks = None if compiled else self.plan.blocks
             tgt = goal.labels.tolist() if goal.labels is not None else goal.dist
             binary = kind.startswith("binary")
             one_analytic = not compiled and len(blocks) == 1 and blocks[0].kind == "analytic"
             lp_route = not compiled and blocks[0].kind == "lp"
             if compiled or (prior is not None or binary) and (one_analytic or lp_route):
-                inv = ForwardPassInversion(self.forward_func, self.input_shape)
-                out = inv.attribute(inputs, tgt, None, max_iter, input_range, min_prob, atol, gen,
-                                    init_std, max_retries, prior=prior,
+                inv = self._sibling(ForwardPassInversion, self.input_shape)
+                out = inv.attribute(inputs, tgt, max_iter=max_iter, input_range=input_range, min_prob=min_prob,
+                                    atol=atol, seed=gen, init_std=init_std, max_retries=max_retries, prior=prior,
                                     return_convergence_delta=return_convergence_delta,
                                     allow_unverified=allow_unverified, reference=reference)
                 self.last_stats = {"route": "forward_pass", **inv.last_stats}
                 return out
             if one_analytic or lp_route:
-                inv = BackwardPassInversion(self.forward_func, self.input_shape)
-                out = inv.attribute(inputs, tgt, None, std, cond_num, gen, input_range, min_prob, atol, margin,
-                                    max_iter, max_retries, init_std,
-                                    return_convergence_delta, allow_unverified, reference=reference)
+                inv = self._sibling(BackwardPassInversion, self.input_shape)
+                out = inv.attribute(inputs, tgt, std=std, cond_num=cond_num, seed=gen, input_range=input_range,
+                                    min_prob=min_prob, atol=atol, margin=margin, max_iter=max_iter,
+                                    max_retries=max_retries, init_std=init_std,
+                                    return_convergence_delta=return_convergence_delta,
+                                    allow_unverified=allow_unverified, reference=reference)
                 self.last_stats = {"route": "backward_pass", **inv.last_stats}
                 return out
             return self._run(goal, kind, std, cond_num, max_iter, input_range, margin, gen,
@@ -182,7 +202,7 @@ class GeneralizedInversion(InversionMethod):
              max_retries, inputs, return_delta, allow_unverified, prior=None, reference=None):
         plan = self.plan
         blocks = plan.blocks
-        dtype, device = self._model_dtype_device()
+        dtype, device = self.adapter.dtype_device
         head = blocks[0] if blocks[0].kind == "analytic" and _has_linear(blocks[0]) else None
         # a binary (single-output) head has no softmax to invert: no analytic tail there
         tail = (blocks[-1] if blocks[-1].kind == "analytic" and _has_linear(blocks[-1])
@@ -277,9 +297,9 @@ class GeneralizedInversion(InversionMethod):
                tail_chain):
         """Levenberg-Marquardt on the middle: variables are the head's output (with a head) or
         the inputs; returns the solution."""
-        model = self.forward_func
-        mdt, device = self._model_dtype_device()
-        dtype = solver_dtype(mdt)  # half / bfloat16 models: float32 variables and algebra
+        adapter = self.adapter
+        mdt, device = adapter.dtype_device
+        dtype = adapter.solver_dtype  # half / bfloat16 models: float32 variables and algebra
         gl = goal.to(device)
         captured = {}
         hook = None
@@ -295,17 +315,17 @@ class GeneralizedInversion(InversionMethod):
             bounds = (u_box[0].reshape(v0.shape[1:]).to(dtype), u_box[1].reshape(v0.shape[1:]).to(dtype))
         else:
             v0 = x0
-            run = lambda v: model(v.to(mdt)).to(dtype)  # noqa: E731
+            run = lambda v: adapter(v).to(dtype)  # noqa: E731
             bounds = input_range
         v0 = v0.to(dtype)
-        goal_res, done = self._log_prob_goal(gl, dtype, 0.5 if head is not None else 0.1)
+        gr = goal_residual(gl, dtype, 0.5 if head is not None else 0.1)
+        lp_of = lambda v: adapter.log_probs_of(run(v), kind)  # noqa: E731
 
         # weaker than the goal's weakest residual (a distribution's scaled group residual)
-        pref = 0.5 * getattr(goal_res, "weakest", 1.0)
+        pref = 0.5 * gr.weakest
 
         def res(v, idx):
-            lp = self.log_probs_from(run(v), kind)
-            r, aux = goal_res(lp, idx)
+            r, aux = gr(lp_of(v), idx)
             if null is not None:
                 h = captured.pop("h").reshape(len(v), -1).to(dtype)
                 for _, m, e in pre:
@@ -318,11 +338,9 @@ class GeneralizedInversion(InversionMethod):
             return r, aux
 
         try:
-            reach = getattr(goal_res, "reach", None)
-            if reach is not None:
-                reach = (lambda v, idx, r1=reach[0]: r1(self.log_probs_from(run(v), kind), idx), reach[1])
-            sol = _phased_lm(res, done, reach, v0, max_iter, bounds)
-            sol = self._escalate(res, done, sol, bounds, max_iter)
+            reach = None if gr.reach is None else (lambda v, idx: gr.reach[0](lp_of(v), idx), gr.reach[1])
+            sol = phased_lm(res, gr.done, reach, v0, max_iter, bounds, self.solver.jacobian_averaging)
+            sol = escalate(adapter, self.solver, self.last_stats, res, gr.done, gr.loose, sol, bounds, max_iter)
         finally:
             if hook is not None:
                 hook.remove()

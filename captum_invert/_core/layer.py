@@ -7,9 +7,10 @@ import torch
 from torch import Tensor, nn
 
 from .batching import batched_attribute
-from ..blocks.plan import layer_output, model_mode_guard
+from ..blocks.plan import layer_output
 from ..solvers.lm import levenberg_marquardt, levenberg_marquardt_cg
-from .base import InversionError, InversionMethod, _check_pos, _check_prob, make_generator, random_starts
+from .base import InversionError, InversionMethod, make_generator, random_starts
+from .goal import check_pos, check_prob
 
 __all__ = ["LayerInversion"]
 
@@ -33,12 +34,17 @@ class LayerInversion(InversionMethod):
         layer (nn.Module or str): the module (or its name in ``named_modules()``) whose output is
             matched.
         input_shape (tuple of int, optional): shape of one input.
+        output, select, solver: see :class:`~captum_invert.InversionMethod` (the layer's
+            activation is matched, so ``output`` and ``select`` only matter for the probe).
     """
 
-    def __init__(self, forward_func, layer: Union[nn.Module, str], input_shape=None) -> None:
+    def __init__(self, forward_func, layer: Union[nn.Module, str], input_shape=None, **options) -> None:
         if not isinstance(forward_func, nn.Module):
             raise ValueError("LayerInversion needs an nn.Module (it hooks `layer`)")
-        super().__init__(forward_func, input_shape)
+        super().__init__(forward_func, input_shape, **options)
+        if self.adapter.traceable is None:
+            raise ValueError("LayerInversion hooks `layer`, but the model is compiled (TorchScript or "
+                             "torch.export): pass the eager nn.Module")
         if isinstance(layer, str):
             mods = dict(forward_func.named_modules())
             if layer not in mods:
@@ -50,21 +56,22 @@ class LayerInversion(InversionMethod):
 
     def activation(self, x: Tensor) -> Tensor:
         """The layer's output on ``x`` (the model stops there), in eval mode (restored)."""
-        with model_mode_guard(self.forward_func):
-            return layer_output(self.forward_func, self.layer, x)
+        with self.adapter.guard():
+            return layer_output(self.adapter.traceable, self.layer, self.adapter.cast(x))
 
     @batched_attribute
     def attribute(
         self,
         inputs: Optional[Tensor] = None,
         target: Optional[Tensor] = None,
+        *,
         n_samples: Optional[int] = None,
         max_iter: int = 50,
         rtol: float = 1e-2,
         input_range: Optional[Tuple[float, float]] = None,
         seed=None,
         init_std: float = 1.0,
-        max_retries: int = 2,
+        max_retries: int = 3,
         cg_iters: int = 20,
         return_convergence_delta: bool = False,
         allow_unverified: bool = False,
@@ -77,7 +84,8 @@ class LayerInversion(InversionMethod):
                 ``target``, optional starting points.
             target (Tensor, optional): activations ``(N, *activation_shape)`` to match.
             n_samples (int, optional): samples per target row when ``target`` has one row.
-            max_iter (int): Levenberg-Marquardt iterations per start.
+            max_iter (int): Levenberg-Marquardt iterations per start (50, not the 30 of the
+                class targets: every activation value is a residual to match, not one log-odds).
             rtol (float): relative tolerance a sample must meet, in (0, 1).
             input_range (tuple, optional): ``(lo, hi)`` box for the inputs.
             seed (int or torch.Generator, optional): reproducibility.
@@ -91,16 +99,17 @@ class LayerInversion(InversionMethod):
             Tensor or (Tensor, Tensor): inputs ``(N, *input_shape)`` and, with
             ``return_convergence_delta``, the relative errors ``(N,)``.
         """
-        _check_prob("rtol", rtol)
-        _check_pos("max_iter", max_iter, allow_zero=True, integer=True)
-        _check_pos("max_retries", max_retries, allow_zero=True, integer=True)
-        _check_pos("init_std", init_std)
+        check_prob("rtol", rtol)
+        check_pos("max_iter", max_iter, allow_zero=True, integer=True)
+        check_pos("max_retries", max_retries, allow_zero=True, integer=True)
+        check_pos("init_std", init_std)
         input_range = self._check_range(input_range)
-        dtype, device = self._model_dtype_device()
+        mdt, device = self.adapter.dtype_device
+        dtype = self.adapter.solver_dtype  # half / bfloat16 models: the solver runs in float32
         if inputs is not None and (not isinstance(inputs, Tensor) or tuple(inputs.shape[1:]) != self.input_shape):
             raise ValueError(f"`inputs` must be a tensor of shape (N, {', '.join(map(str, self.input_shape))})")
         gen = make_generator(seed)
-        with model_mode_guard(self.forward_func):
+        with self.adapter.guard():
             if target is None:
                 if inputs is None:
                     raise ValueError("give `target` activations, or `inputs` whose activations are inverted")
@@ -118,7 +127,7 @@ class LayerInversion(InversionMethod):
                 starts = inputs
             target = target.detach().to(dtype=dtype, device=device)
             if n_samples is not None:
-                _check_pos("n_samples", n_samples, integer=True)
+                check_pos("n_samples", n_samples, integer=True)
                 if len(target) != 1 and len(target) != n_samples:
                     raise ValueError(f"`n_samples` ({n_samples}) must match `target`'s {len(target)} rows")
                 target = target.expand(n_samples, *target.shape[1:])
@@ -129,7 +138,7 @@ class LayerInversion(InversionMethod):
             scale = t_norm / (m ** 0.5)
 
             def res(xx, idx):
-                a = layer_output(self.forward_func, self.layer, xx)  # inside the guard: hot path
+                a = layer_output(self.adapter.traceable, self.layer, xx.to(mdt)).to(dtype)  # hot path
                 return (a.reshape(len(xx), -1) - t_flat[idx]) / scale[idx, None]
 
             def done(xx, rr, idx, aux):
@@ -153,7 +162,7 @@ class LayerInversion(InversionMethod):
                 else:
                     sol = levenberg_marquardt(r_fn, x0, max_iter, d_fn, input_range)
                 with torch.no_grad():
-                    e = (self.activation(sol.x).reshape(len(todo), -1) - t_flat[todo.to(device)]).norm(dim=1) / t_norm[todo.to(device)]
+                    e = (self.activation(sol.x).to(dtype).reshape(len(todo), -1) - t_flat[todo.to(device)]).norm(dim=1) / t_norm[todo.to(device)]
                 better = e.cpu().double() < err[todo]
                 x[todo[better].to(device)] = sol.x[better.to(sol.x.device)].detach()
                 err[todo] = torch.minimum(err[todo], e.cpu().double())
@@ -166,13 +175,24 @@ class LayerInversion(InversionMethod):
                     "allow_unverified=True to get them anyway, or raise rtol / max_iter).",
                     n_ok, N, {f"relative activation error above rtol after {max_retries + 1} start(s) "
                               f"(worst {float(err.max()):.3g})": N - n_ok}, x, ok.clone(), err)
+            x = self.adapter.cast(x)
             return (x, err) if return_convergence_delta else x
 
-    def compute_convergence_delta(self, attributions: Tensor, target: Tensor = None, **kwargs) -> Tensor:
-        """Relative error ``||a(x) - target|| / ||target||`` per sample, ``(N,)``."""
+    def compute_convergence_delta(self, attributions: Tensor, target: Tensor = None, *,
+                                  min_prob: float = 0.9, atol: float = 0.02) -> Tensor:
+        """Relative error ``||a(x) - target|| / ||target||`` per sample, ``(N,)``.
+
+        Args:
+            attributions (Tensor): inputs ``(N, *input_shape)``.
+            target (Tensor): the activations ``(N, *activation_shape)`` they should give.
+            min_prob, atol: the common signature's keywords (unused: the delta is relative).
+
+        Returns:
+            Tensor: ``(N,)`` float64.
+        """
         if target is None:
             raise ValueError("`target` activations are required")
-        with model_mode_guard(self.forward_func), torch.no_grad():
+        with self.adapter.guard(), torch.no_grad():
             a = self.activation(attributions).reshape(len(attributions), -1).double()
             t = target.reshape(len(target), -1).double().to(a.device)
         return ((a - t).norm(dim=1) / t.norm(dim=1).clamp_min(1e-300)).cpu()

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .batching import batched_attribute
-from ..blocks.plan import layer_output, model_mode_guard
+from ..blocks.plan import layer_output
 from .base import InversionMethod
 
 __all__ = ["LearnedInversion", "DefaultDecoder", "autoencoder_upper_bound"]
@@ -84,7 +84,7 @@ class LearnedInversion(InversionMethod):
     The convergence delta of :meth:`attribute` is each reconstruction's L2 error.
 
     Args:
-        model (nn.Module, optional): the encoder network.
+        forward_func (nn.Module, optional): the encoder network (``model=`` is accepted too).
         layer (nn.Module, str, optional): a module of ``model`` (or its name), ``'logits'``
             (default) or ``'probs'``.
         feature_fn (callable, optional): ``images (N, *input_shape) -> features (N, ...)``,
@@ -92,21 +92,27 @@ class LearnedInversion(InversionMethod):
         decoder (nn.Module, optional): maps ``(N, feature_dim)`` to ``(N, *input_shape)``;
             default :class:`DefaultDecoder`.
         input_shape (tuple of int, optional): shape of one image (required with ``feature_fn``).
+        output, select: see :class:`~captum_invert.InversionMethod` (how ``'probs'`` reads the
+            encoder's output).
     """
 
     _no_forward_args = ("it reads the features of `layer` from its encoder; give it an encoder module that "
                         "binds the extra arguments")
 
-    def __init__(self, model: Optional[nn.Module] = None, layer: Union[None, str, nn.Module] = None,
+    def __init__(self, forward_func: Optional[nn.Module] = None, layer: Union[None, str, nn.Module] = None, *,
                  feature_fn: Optional[Callable[[Tensor], Tensor]] = None,
-                 decoder: Optional[nn.Module] = None, input_shape=None) -> None:
+                 decoder: Optional[nn.Module] = None, input_shape=None, model: Optional[nn.Module] = None,
+                 **options) -> None:
+        if forward_func is not None and model is not None:
+            raise ValueError("give the encoder once: `forward_func` (or its alias `model`)")
+        model = forward_func if forward_func is not None else model
         if (model is None) == (feature_fn is None):
-            raise ValueError("give exactly one of `model` and `feature_fn`")
+            raise ValueError("give exactly one of `forward_func` (the encoder) and `feature_fn`")
         if feature_fn is not None and not callable(feature_fn):
             raise ValueError("`feature_fn` must be callable")
         if feature_fn is not None and input_shape is None:
             raise ValueError("`input_shape` is required with `feature_fn`")
-        super().__init__(model if model is not None else feature_fn, input_shape)
+        super().__init__(model if model is not None else feature_fn, input_shape, **options)
         self.encoder, self.feature_fn = model, feature_fn
         if model is not None:
             if layer is None:
@@ -136,13 +142,13 @@ class LearnedInversion(InversionMethod):
         if self.feature_fn is not None:
             f = self.feature_fn(x)
             return torch.as_tensor(f).detach().cpu()
-        p = next(self.encoder.parameters())
-        x = x.to(dtype=p.dtype, device=p.device)
-        with model_mode_guard(self.encoder), torch.no_grad():
-            if self.layer in ("logits", "probs"):
-                out = self.encoder(x)
-                return (torch.softmax(out, 1) if self.layer == "probs" else out).cpu()
-            return layer_output(self.encoder, self.layer, x).cpu()
+        a = self.adapter
+        with a.guard(), torch.no_grad():
+            if self.layer == "logits":
+                return a(x).cpu()
+            if self.layer == "probs":  # the model's own output kind: softmax, sigmoid or as is
+                return a.log_probs(x, a.probe().kind).exp().cpu()
+            return layer_output(a.traceable, self.layer, a.cast(x)).cpu()
 
     # --- training -------------------------------------------------------------------------
     def fit(self, data, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
@@ -213,7 +219,7 @@ class LearnedInversion(InversionMethod):
             return torch.cat([self.decoder(f[i:i + 256]) for i in range(0, max(len(f), 1), 256)])
 
     @batched_attribute
-    def attribute(self, inputs: Tensor = None, target=None, return_convergence_delta: bool = False):
+    def attribute(self, inputs: Tensor = None, target=None, *, return_convergence_delta: bool = False):
         """Reconstruct ``inputs`` ``(N, *input_shape)`` from their features.
 
         Returns:
@@ -228,9 +234,21 @@ class LearnedInversion(InversionMethod):
             return rec, (rec - inputs.float().cpu()).flatten(1).norm(dim=1).double()
         return rec
 
-    def compute_convergence_delta(self, attributions: Tensor, inputs: Tensor = None, **kw) -> Tensor:
-        """L2 distance between reconstructions and the original ``inputs``, ``(N,)``."""
-        return (attributions.float().cpu() - inputs.float().cpu()).flatten(1).norm(dim=1).double()
+    def compute_convergence_delta(self, attributions: Tensor, target: Tensor = None, *,
+                                  min_prob: float = 0.9, atol: float = 0.02) -> Tensor:
+        """L2 distance between reconstructions and the originals, ``(N,)``.
+
+        Args:
+            attributions (Tensor): reconstructions ``(N, *input_shape)``.
+            target (Tensor): the original inputs ``(N, *input_shape)`` (what was reconstructed).
+            min_prob, atol: the common signature's keywords (unused).
+
+        Returns:
+            Tensor: ``(N,)`` float64.
+        """
+        if not isinstance(target, Tensor):
+            raise ValueError("`target` must be the original inputs (N, *input_shape) that were reconstructed")
+        return (attributions.float().cpu() - target.float().cpu()).flatten(1).norm(dim=1).double()
 
     # --- persistence ----------------------------------------------------------------------
     def save(self, path) -> None:
@@ -274,11 +292,11 @@ def autoencoder_upper_bound(model: nn.Module, layer: str, data, test: Tensor, ep
 
     Returns:
         float: normalized reconstruction error (see
-        :func:`captum_invert.features.normalized_reconstruction_error`).
+        :func:`captum_invert.metrics.normalized_reconstruction_error`).
     """
     import copy
 
-    from ..features import normalized_reconstruction_error
+    from ..metrics import normalized_reconstruction_error
 
     x = (data.tensors[0] if hasattr(data, "tensors") else data).float()
     enc = copy.deepcopy(model).float().train()

@@ -83,11 +83,12 @@ def test_bad_tuple_inputs_are_refused(net):
 
 
 def test_three_inputs_of_mixed_dtypes_join():
-    from captum_invert._core.batching import _join, _split
+    from captum_invert import ModelAdapter
 
     shapes = ((2,), (1, 2), (3,))
+    adapter = ModelAdapter(lambda a, b, c: a, shapes)
     parts = (torch.ones(4, 2, dtype=torch.float16), torch.zeros(4, 1, 2), torch.full((4, 3), 2.0, dtype=torch.float64))
-    flat = _join(parts, shapes)
-    assert flat.shape == (4, 7) and flat.dtype == torch.float64
-    back = _split(flat, shapes)
+    flat = adapter.flat(parts)
+    assert flat.shape == (4, 7) and flat.dtype == torch.float64 and adapter.input_shape == (7,)
+    back = adapter.unflat(flat)
     assert [tuple(b.shape) for b in back] == [(4, 2), (4, 1, 2), (4, 3)] and float(back[2][0, 0]) == 2.0

@@ -101,7 +101,7 @@ def test_single_output_is_a_binary_classifier(sigmoid):
         ForwardPassInversion(m, input_shape=(1, 28, 28)).attribute(target=2)
 
 
-def test_tuple_and_dict_outputs_say_how_to_wrap():
+def test_tuple_and_dict_outputs_say_how_to_select():
     class Dict(nn.Module):
         def __init__(self):
             super().__init__()
@@ -110,5 +110,9 @@ def test_tuple_and_dict_outputs_say_how_to_wrap():
         def forward(self, x):
             return {"logits": self.lin(x)}
 
-    with pytest.raises(ValueError, match=r"keys \['logits'\].*Wrap"):
+    with pytest.raises(ValueError, match=r"keys \['logits'\].*select="):
         ForwardPassInversion(Dict(), input_shape=(4,)).attribute(target=1)
+    m = Dict()
+    x = ForwardPassInversion(m, input_shape=(4,), select="logits").attribute(target=1, seed=0)
+    with torch.no_grad():
+        assert float(m(x)["logits"].softmax(1)[0, 1]) >= 0.9

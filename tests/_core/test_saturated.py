@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from captum_invert import BackwardPassInversion, ForwardPassInversion, GeneralizedInversion, InversionError
-from captum_invert._core.base import InversionMethod
-from captum_invert.blocks.plan import InversionPlan
+from captum_invert import SolverSettings
 from captum_invert.datasets import load_digits
 from captum_invert.models import FCNN, TrainConfig, train
 
@@ -51,19 +50,25 @@ def test_every_method_verifies_every_sample_in_the_box(saturated_nets, name):
 
 
 @pytest.mark.parametrize("name", ["selu", "elu", "leaky_relu", "bn_cnn"])
-def test_levenberg_marquardt_alone_stalls_on_these_nets(saturated_nets, name, monkeypatch):
-    # the nets are hard: without the escalation (and the averaged Jacobian) some sample fails
-    monkeypatch.setattr(InversionMethod, "_escalation", False)
-    monkeypatch.setattr(InversionMethod, "_jacobian_averaging", 0.0)
-    monkeypatch.setattr(InversionPlan, "_mark_lp", lambda *a: None)  # the LM route, not the LP one
-    failed = 0
+def test_levenberg_marquardt_alone_stalls_on_these_nets(saturated_nets, name):
+    # the nets are hard: without the escalation (and the averaged Jacobian) some sample fails,
+    # with the default settings, on the same starts, none does; the settings reach every method
+    lm_only = SolverSettings(escalation=False, jacobian_averaging=0.0, lp=False)  # the LM route
+    default = SolverSettings(lp=False)
+    failed = {}
     # (BackwardPassInversion's route on the ReLU trunk is an LP, not an LM)
-    for cls in (ForwardPassInversion, GeneralizedInversion) if name == "bn_cnn" else _methods(name):
-        try:
-            cls(saturated_nets[name]).attribute(target=TARGETS, seed=0, input_range=BOX)
-        except InversionError as e:
-            failed += e.n_requested - e.n_verified
-    assert failed > 0
+    for settings in (lm_only, default):
+        failed[settings] = 0
+        for cls in (ForwardPassInversion, GeneralizedInversion) if name == "bn_cnn" else _methods(name):
+            inv = cls(saturated_nets[name], solver=settings)
+            try:
+                inv.attribute(target=TARGETS, seed=0, input_range=BOX)
+            except InversionError as e:
+                failed[settings] += e.n_requested - e.n_verified
+                assert all("Levenberg-Marquardt" in r or "anchor" in r for r in e.reasons), e.reasons
+            if settings is lm_only:
+                assert inv.last_stats.get("escalated", 0) == 0
+    assert failed[lm_only] > 0 and failed[default] == 0, failed
 
 
 def test_escalation_reports_its_work(saturated_nets):
@@ -74,12 +79,10 @@ def test_escalation_reports_its_work(saturated_nets):
     assert st["first_order_steps"] > 0
 
 
-def test_failure_report_diagnoses_each_sample(saturated_nets, monkeypatch):
-    monkeypatch.setattr(InversionMethod, "_escalation", False)
-    monkeypatch.setattr(InversionPlan, "_mark_lp", lambda *a: None)  # the LM route, not the LP one
+def test_failure_report_diagnoses_each_sample(saturated_nets):
     tr = load_digits("train", image_size=8)
     with pytest.raises(InversionError) as ei:
-        ForwardPassInversion(saturated_nets["selu"]).attribute(target=TARGETS, seed=0, input_range=BOX,
+        ForwardPassInversion(saturated_nets["selu"], solver=SolverSettings(escalation=False)).attribute(target=TARGETS, seed=0, input_range=BOX,
                                                                reference=tr.tensors)
     e = ei.value
     assert e.diagnosis is not None and len(e.diagnosis) == e.n_requested - e.n_verified

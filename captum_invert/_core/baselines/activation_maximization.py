@@ -7,7 +7,6 @@ from typing import Optional
 
 import torch
 
-from ...blocks.plan import model_mode_guard
 from ...priors import resolve_prior
 from ..batching import batched_attribute
 from ..base import InversionMethod, count_reasons, make_generator, random_starts
@@ -36,14 +35,15 @@ class ActivationMaximization(InversionMethod):
         forward_func (nn.Module or callable): any differentiable classifier.
         input_shape (tuple of int, optional): shape of one input.
         images (Tensor, optional): images for ``start='dataset'``.
+        output, select, solver: see :class:`~captum_invert.InversionMethod`.
     """
 
-    def __init__(self, forward_func, input_shape=None, images=None) -> None:
-        super().__init__(forward_func, input_shape)
+    def __init__(self, forward_func, input_shape=None, images=None, **options) -> None:
+        super().__init__(forward_func, input_shape, **options)
         self.images = images
 
     @batched_attribute
-    def attribute(self, inputs=None, target=None, n_samples: Optional[int] = None,
+    def attribute(self, inputs=None, target=None, *, n_samples: Optional[int] = None,
                   max_iter: int = 500, lr: float = 0.05, l2: float = 0.0, tv: float = 0.0,
                   input_range=None, start: str = "random", init_std: float = 0.1,
                   min_prob: float = 0.9, seed=None, prior=None, return_convergence_delta: bool = False,
@@ -82,14 +82,14 @@ class ActivationMaximization(InversionMethod):
         input_range = self._check_range(input_range)
         n_inputs = self._check_inputs(inputs)
         gen = make_generator(seed)
-        dtype, device = self._model_dtype_device()
-        prior = resolve_prior(prior, self.forward_func, self.input_shape)
+        dtype, device = self.adapter.dtype_device
+        prior = resolve_prior(prior, self.adapter.module, self.input_shape)
         if prior is not None:
             if l2 or tv:
                 raise ValueError("`l2` and `tv` must be 0 with a `prior`: add priors.L2 / priors.TV to the prior")
             prior = prior.with_options(steps=prior.steps or max_iter, lr=prior.lr or lr)
         self.last_stats = {}
-        with model_mode_guard(self.forward_func):
+        with self.adapter.guard():
             kind, n_classes, _ = self._probe()
             goal = self._parse_target(target, n_samples, n_classes, min_prob, 0.02, n_inputs)
             if goal.labels is None:
@@ -100,7 +100,7 @@ class ActivationMaximization(InversionMethod):
             elif start == "dataset":
                 from .dataset_search import DatasetSearch
 
-                x = DatasetSearch(self.forward_func, self.images, self.input_shape).attribute(
+                x = self._sibling(DatasetSearch, self.images, self.input_shape).attribute(
                     target=goal.labels.tolist(), allow_unverified=True).to(dtype=dtype, device=device)
             if prior is not None:
                 x = self._shaped_starts(prior, goal, kind, input_range, gen, x)
@@ -116,7 +116,7 @@ class ActivationMaximization(InversionMethod):
             lab = goal.labels.to(device)
             log_min = math.log(min_prob)
             for _ in range(max_iter):
-                lp = self.log_probs_from(self.forward_func(x), kind).gather(1, lab[:, None]).squeeze(1)
+                lp = self.adapter.log_probs(x, kind).gather(1, lab[:, None]).squeeze(1)
                 todo = (lp < log_min).detach()
                 if not bool(todo.any()):
                     break

@@ -7,7 +7,6 @@ import torch
 from torch import Tensor
 
 from ..batching import batched_attribute
-from ...blocks.plan import model_mode_guard
 from ..base import InversionMethod, count_reasons
 
 __all__ = ["DatasetSearch"]
@@ -26,34 +25,28 @@ class DatasetSearch(InversionMethod):
         images (Tensor or TensorDataset): ``(M, *input_shape)`` images to search (e.g. the
             training set); their outputs are computed once and cached.
         input_shape (tuple of int, optional): default ``images.shape[1:]``.
+        output, select, solver: see :class:`~captum_invert.InversionMethod`.
     """
 
-    def __init__(self, forward_func, images, input_shape=None) -> None:
+    def __init__(self, forward_func, images, input_shape=None, **options) -> None:
         if hasattr(images, "tensors"):
             images = images.tensors[0]
         if not isinstance(images, Tensor) or images.dim() < 2 or len(images) == 0:
             raise ValueError("`images` must be a non-empty tensor (M, *input_shape) or a TensorDataset")
-        super().__init__(forward_func, input_shape or tuple(images.shape[1:]))
+        super().__init__(forward_func, input_shape or tuple(images.shape[1:]), **options)
         self.images = images
         self._probs = None
         self._probs_for = None
 
     def probabilities(self) -> Tensor:
         """``(M, C)`` model probabilities of the searched images (cached)."""
-        if self._probs is None or self._probs_for is not self.forward_func:
-            self._probs_for = self.forward_func  # additional_forward_args swap the model in a call
-            kind, _, _ = self._probe()
-            dtype, device = self._model_dtype_device()
-            out = []
-            with model_mode_guard(self.forward_func), torch.no_grad():
-                for i in range(0, len(self.images), 1024):
-                    xb = self.images[i:i + 1024].to(dtype=dtype, device=device)
-                    out.append(self.log_probs_from(self.forward_func(xb), kind).exp().double().cpu())
-            self._probs = torch.cat(out)
+        if self._probs is None or self._probs_for is not self.adapter:
+            self._probs_for = self.adapter  # additional_forward_args give the call its own adapter
+            self._probs = self.adapter.probs(self.images, self._probe()[0])
         return self._probs
 
     @batched_attribute
-    def attribute(self, inputs=None, target=None, n_samples: Optional[int] = None, mode: str = "best",
+    def attribute(self, inputs=None, target=None, *, n_samples: Optional[int] = None, mode: str = "best",
                   percentile: float = 25.0, min_prob: float = 0.9, atol: float = 0.02,
                   return_convergence_delta: bool = False, allow_unverified: bool = False):
         r"""One image per target.
@@ -75,7 +68,7 @@ class DatasetSearch(InversionMethod):
             raise ValueError(f"`mode` must be 'best' or 'mean', got {mode!r}")
         if not 0 < percentile <= 100:
             raise ValueError(f"`percentile` must be in (0, 100], got {percentile}")
-        with model_mode_guard(self.forward_func):
+        with self.adapter.guard():
             kind, n_classes, _ = self._probe()
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol)
             P = self.probabilities()
@@ -89,7 +82,7 @@ class DatasetSearch(InversionMethod):
                 else:
                     cut = torch.quantile(d, percentile / 100.0)
                     picks.append(self.images[d <= cut].double().mean(0).to(self.images.dtype))
-            dtype, device = self._model_dtype_device()
+            dtype, device = self.adapter.dtype_device
             x = torch.stack(picks).to(dtype=dtype, device=device)
             ok, delta, _ = self._verify(x, goal, kind)
             reasons = count_reasons([f"no {mode} image of the dataset meets the target" if not o else ""

@@ -10,6 +10,7 @@ from ..batching import batched_attribute
 from ...blocks.plan import model_mode_guard
 from ..backward_pass import _Chain, build_chain
 from ..base import InversionError, InversionMethod, make_generator
+from ..model import ModelAdapter, param_dtype_device
 
 __all__ = ["ExactInversion", "seed001_loss", "stability_report"]
 
@@ -33,11 +34,11 @@ def seed001_loss(outputs: Tensor, labels: Tensor, var_weight: float = 1.0) -> Te
 def _bijective_chain(model: nn.Module, input_shape, what="ExactInversion") -> _Chain:
     from ...blocks.plan import trace_leaf_modules
 
-    p = next(model.parameters())
-    trace = trace_leaf_modules(model, torch.zeros((2, *input_shape), dtype=p.dtype, device=p.device))
+    dtype, device = param_dtype_device(model)
+    trace = trace_leaf_modules(model, torch.zeros((2, *input_shape), dtype=dtype, device=device))
     if not trace.composes:
         raise ValueError(f"{what} needs a chain of modules")
-    chain = build_chain(trace.calls, float("inf"), p.device, what)
+    chain = build_chain(trace.calls, float("inf"), device, what)
     for layer in chain.layers:
         W = layer.linear.weight
         if W.shape[0] != W.shape[1] or layer.inv.rank < W.shape[0]:
@@ -75,7 +76,7 @@ class ExactInversion(InversionMethod):
     _no_forward_args = "the bijective chain is read from the model's layers; a model of one input is needed"
 
     @batched_attribute
-    def attribute(self, inputs=None, target: Optional[Tensor] = None, rtol: float = 1e-4,
+    def attribute(self, inputs=None, target: Optional[Tensor] = None, *, rtol: float = 1e-4,
                   return_convergence_delta: bool = False, allow_unverified: bool = False):
         r"""Reconstruct inputs from outputs.
 
@@ -93,15 +94,15 @@ class ExactInversion(InversionMethod):
             raise ValueError("`target` must be a float tensor of outputs (N, d)")
         if not 0 < rtol < 1:
             raise ValueError(f"`rtol` must be in (0, 1), got {rtol}")
-        dtype, device = self._model_dtype_device()
-        with model_mode_guard(self.forward_func):
-            chain = _bijective_chain(self.forward_func, self.input_shape)
+        dtype, device = self.adapter.dtype_device
+        with self.adapter.guard():
+            chain = _bijective_chain(self.adapter.traceable, self.input_shape)
             if target.shape[1] != chain.layers[-1].linear.out_features:
                 raise ValueError(f"`target` must have {chain.layers[-1].linear.out_features} columns")
             x, bad, why = _invert(chain, target.detach().to(torch.float64, copy=True).to(chain.device))
             x = x.reshape(len(x), *self.input_shape).to(dtype=dtype, device=device)
             with torch.no_grad():
-                out = self.forward_func(x).double()
+                out = self.adapter(x).double()
             t = target.double().to(out.device)
             err = ((out - t).norm(dim=1) / t.norm(dim=1).clamp_min(1e-300)).cpu()
             ok = (err <= rtol) & ~bad.cpu() & torch.isfinite(err)
@@ -128,7 +129,7 @@ class ExactInversion(InversionMethod):
         """
         lab = torch.as_tensor(labels, dtype=torch.float64).reshape(-1)
         if dim is None:
-            dim = [m for m in self.forward_func.modules() if isinstance(m, nn.Linear)][-1].out_features
+            dim = [m for m in self.adapter.traceable.modules() if isinstance(m, nn.Linear)][-1].out_features
         g = make_generator(gen)
         return 2.0 * lab[:, None] + torch.randn((len(lab), dim), generator=g, dtype=torch.float64)
 
@@ -167,10 +168,9 @@ def stability_report(model: nn.Module, input_shape=None, outputs: Optional[Tenso
             bound *= slope / float(s[-1])
         g = torch.Generator().manual_seed(seed)
         if outputs is None:
-            p = next(model.parameters())
-            xr = torch.rand((n, *shape), generator=g).to(dtype=p.dtype, device=p.device)
+            adapter = ModelAdapter(model, shape)
             with torch.no_grad():
-                outputs = model(xr).double()
+                outputs = adapter(torch.rand((n, *shape), generator=g)).double()
         y = outputs.double().to(chain.device)
         d = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.device)
         d = d / d.norm(dim=1, keepdim=True) * eps

@@ -6,7 +6,6 @@ from typing import Optional
 import torch
 
 from ..batching import batched_attribute
-from ...blocks.plan import model_mode_guard
 from ..base import InversionMethod, count_reasons
 
 __all__ = ["PixelImportance"]
@@ -28,7 +27,7 @@ class PixelImportance(InversionMethod):
     """
 
     @batched_attribute
-    def attribute(self, inputs=None, target=None, n_samples: Optional[int] = None, k: int = 100,
+    def attribute(self, inputs=None, target=None, *, n_samples: Optional[int] = None, k: int = 100,
                   levels: int = 254, on: float = 1.0, logit_high: float = 10.0,
                   logit_low: float = -10.0, min_prob: float = 0.9,
                   return_convergence_delta: bool = False, allow_unverified: bool = False):
@@ -56,8 +55,8 @@ class PixelImportance(InversionMethod):
             raise ValueError(f"`k` must be an int in [1, {n_pix}], got {k!r}")
         if not (isinstance(levels, int) and levels >= 1):
             raise ValueError(f"`levels` must be an int >= 1, got {levels!r}")
-        dtype, device = self._model_dtype_device()
-        with model_mode_guard(self.forward_func):
+        dtype, device = self.adapter.dtype_device
+        with self.adapter.guard():
             kind, n_classes, _ = self._probe()
             self._need_softmax(kind, "PixelImportance")
             goal = self._parse_target(target, n_samples, n_classes, min_prob, 0.02)
@@ -79,15 +78,15 @@ class PixelImportance(InversionMethod):
     def pixel_scores(self, on: float = 1.0, logit_high: float = 10.0, logit_low: float = -10.0,
                      n_classes: Optional[int] = None):
         """``(C, n_pixels)`` scores ``-||f(e_i) - z*_c||_1`` of every pixel for every class."""
-        dtype, device = self._model_dtype_device()
+        dtype, device = self.adapter.dtype_device
         n_pix = 1
         for s in self.input_shape:
             n_pix *= s
         eye = torch.eye(n_pix, dtype=dtype, device=device) * on
         outs = []
-        with model_mode_guard(self.forward_func), torch.no_grad():
+        with self.adapter.guard(), torch.no_grad():
             for i in range(0, n_pix, 1024):
-                outs.append(self.forward_func(eye[i:i + 1024].reshape(-1, *self.input_shape)).double().cpu())
+                outs.append(self.adapter(eye[i:i + 1024].reshape(-1, *self.input_shape)).double().cpu())
         logits = torch.cat(outs)  # (n_pix, C)
         C = logits.shape[1] if n_classes is None else n_classes
         ideal = torch.full((C, C), float(logit_low), dtype=torch.float64)

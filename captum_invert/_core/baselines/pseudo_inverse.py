@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 from ..batching import batched_attribute
-from ...blocks.plan import model_mode_guard
 from ..backward_pass import _Chain, build_chain
 from ..base import InversionMethod, count_reasons
 
@@ -64,7 +63,7 @@ class PseudoInverseInversion(InversionMethod):
     """
 
     @batched_attribute
-    def attribute(self, inputs=None, target=None, n_samples: Optional[int] = None,
+    def attribute(self, inputs=None, target=None, *, n_samples: Optional[int] = None,
                   logit_high: float = 10.0, logit_low: float = -10.0, filter=None,
                   use_bias: bool = True, cond_num: float = float("inf"), min_prob: float = 0.9,
                   return_convergence_delta: bool = False, allow_unverified: bool = False):
@@ -91,7 +90,7 @@ class PseudoInverseInversion(InversionMethod):
             raise ValueError(f"`logit_high` must exceed `logit_low`, got {logit_high}, {logit_low}")
         if filter is not None and not callable(filter):
             raise ValueError("`filter` must be None, a TopBottomFilter, a MiddleFilter or a callable")
-        with model_mode_guard(self.forward_func):
+        with self.adapter.guard():
             kind, n_classes, trace = self._probe()
             self._need_softmax(kind, "PseudoInverseInversion")
             goal = self._parse_target(target, n_samples, n_classes, min_prob, 0.02)
@@ -100,7 +99,7 @@ class PseudoInverseInversion(InversionMethod):
             if trace is None or not trace.composes:
                 raise ValueError("PseudoInverseInversion needs a model that is a chain of modules "
                                  "(Linear and invertible activations)")
-            chain = build_chain(trace.calls, cond_num, self._model_dtype_device()[1],
+            chain = build_chain(trace.calls, cond_num, self.adapter.dtype_device[1],
                                 "PseudoInverseInversion")
             chain.set_boxes(0.0, None)
             N = goal.n
