@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from ..blocks.plan import InversionPlan
 from ..priors import resolve_prior
-from .backward_pass import BackwardPassInversion, build_chain
+from ..blocks.chain import build_chain, output_target, tail_linear_target, walk
+from .backward_pass import BackwardPassInversion
 from .forward_pass import ForwardPassInversion
 from .diagnosis import check_reference
 from .batching import batched_attribute
@@ -239,11 +240,11 @@ class GeneralizedInversion(InversionMethod):
             # null-space targets of the tail: one sampled direction per sample
             null = None
             if tail_chain is not None and std > 0 and tail_chain.layers[0].inv.null.shape[1] > 0:
-                z, _ = BackwardPassInversion._output_target(tail_chain, g.aim().to(tail_chain.device), goal.atol)
+                z, _ = output_target(tail_chain, g.aim().to(tail_chain.device), goal.atol)
                 ones = torch.ones(len(todo), dtype=torch.float64, device=tail_chain.device)
-                h_mn, bad, _ = BackwardPassInversion._walk(tail_chain, z, None, ones * 0, 0.0, gen, None)
+                h_mn, bad, _ = walk(tail_chain, z, None, ones * 0, 0.0, gen, None)
                 inv0 = tail_chain.layers[0].inv
-                lin_in = inv0.solve(BackwardPassInversion._tail_linear_target(tail_chain, z))
+                lin_in = inv0.solve(tail_linear_target(tail_chain, z))
                 n = inv0.null_noise(len(todo), gen)
                 n = n / n.norm(dim=1, keepdim=True).clamp_min(1e-300)
                 s = (std * lin_in.norm(dim=1)).clamp_min(1e-12)
@@ -266,7 +267,7 @@ class GeneralizedInversion(InversionMethod):
                         break
                     scale = torch.full((len(pending),), sc, dtype=torch.float64, device=head_chain.device)
                     pd = pending.to(head_chain.device)
-                    xf, bad, why_h = BackwardPassInversion._walk(
+                    xf, bad, why_h = walk(
                         head_chain, u[pending.to(u.device)].to(head_chain.device),
                         ([r[pd] for r in refs[0]], [r[pd] for r in refs[1]]), scale,
                         0.0 if prior is not None else std, gen, input_range)

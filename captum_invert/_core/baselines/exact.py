@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..batching import batched_attribute
 from ...blocks.plan import model_mode_guard
-from ..backward_pass import _Chain, build_chain
+from ...blocks.chain import Chain, build_chain
 from ..base import InversionError, InversionMethod, make_generator
 from ..model import ModelAdapter, param_dtype_device
 
@@ -31,7 +31,7 @@ def seed001_loss(outputs: Tensor, labels: Tensor, var_weight: float = 1.0) -> Te
     return nll + var_weight * (var - 1.0).pow(2)
 
 
-def _bijective_chain(model: nn.Module, input_shape, what="ExactInversion") -> _Chain:
+def _bijective_chain(model: nn.Module, input_shape, what="ExactInversion") -> Chain:
     from ...blocks.plan import trace_leaf_modules
 
     dtype, device = param_dtype_device(model)
@@ -47,14 +47,14 @@ def _bijective_chain(model: nn.Module, input_shape, what="ExactInversion") -> _C
     return chain
 
 
-def _invert(chain: _Chain, y: Tensor):
+def _invert(chain: Chain, y: Tensor):
     """Exact inverse of the chain on ``y`` (float64, LU solves); returns ``(x, bad, why)``."""
     bad = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     why = [""] * len(y)
     for layer in reversed(chain.layers):
-        a = _Chain.invert_elems(layer.post, y, bad, why)
+        a = Chain.invert_elems(layer.post, y, bad, why)
         y = torch.linalg.solve(layer.inv.weight, (a - layer.inv.bias).T).T
-    return _Chain.invert_elems(chain.pre, y, bad, why), bad, why
+    return Chain.invert_elems(chain.pre, y, bad, why), bad, why
 
 
 class ExactInversion(InversionMethod):

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..batching import batched_attribute
-from ..backward_pass import _Chain, build_chain
+from ...blocks.chain import Chain, build_chain
 from ..base import InversionMethod, count_reasons
 
 __all__ = ["PseudoInverseInversion", "TopBottomFilter", "MiddleFilter"]
@@ -112,12 +112,12 @@ class PseudoInverseInversion(InversionMethod):
                 lo, hi = (chain.boxes[k + 1][:2] if k + 1 < len(chain.layers) else chain.out_box[:2])
                 y = _clip_open(y, lo, hi)
                 bad = torch.zeros(N, dtype=torch.bool, device=y.device)
-                a = _Chain.invert_elems(layer.post, y, bad, why)
+                a = Chain.invert_elems(layer.post, y, bad, why)
                 P = layer.inv.pinv if filter is None else filter(layer.inv.pinv)
                 b = layer.inv.bias if use_bias else torch.zeros_like(layer.inv.bias)
                 y = (a - b) @ P.T
             bad = torch.zeros(N, dtype=torch.bool, device=y.device)
-            x = _Chain.invert_elems(chain.pre, _clip_open(y, *chain.boxes[0][:2]), bad, why)
+            x = Chain.invert_elems(chain.pre, _clip_open(y, *chain.boxes[0][:2]), bad, why)
             x = x.reshape(N, *self.input_shape)
             ok, delta, _ = self._verify(x, goal, kind)
             reasons = count_reasons(["the minimum-norm preimage of the ideal logits does not reach "
