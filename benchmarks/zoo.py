@@ -37,6 +37,9 @@ def run_method(cls, model, per_class: int, box, reasons: dict):
             for r, k in e.reasons.items():
                 key = f"{cls.__name__} {'box' if box else 'free'}: {r}"
                 reasons[key] = reasons.get(key, 0) + k
+        except ValueError as e:  # proven out of reach before any work (a normalized head)
+            key = f"{cls.__name__} {'box' if box else 'free'}: refused: {str(e)[:120]}"
+            reasons[key] = reasons.get(key, 0) + per_class
         t += time.perf_counter() - t0
     return 100.0 * n_ok / (10 * per_class), 1000 * t / max(n_ok, 1)
 
