@@ -169,6 +169,8 @@ def main():
     ap.add_argument("--lucent-steps", type=int, default=512)
     ap.add_argument("--maco-per-class", type=int, default=2)
     ap.add_argument("--maco-steps", type=int, default=256)
+    ap.add_argument("--only", default="", help="comma-separated name parts: run only the rows whose "
+                    "method name contains one (the real images are always shown)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="prototypes_out")
     args = ap.parse_args()
@@ -235,6 +237,9 @@ def main():
                 ("activation max. + DataPrior", lambda: ActivationMaximization(model).attribute(
                     target=tgt, input_range=BOX, seed=s, prior=prior, allow_unverified=True), labels),
             ]
+        if args.only:
+            keep = [k.strip() for k in args.only.split(",") if k.strip()]
+            methods = [m for m in methods if m[0].startswith("real") or any(k in m[0] for k in keep)]
         grid = []
         for mname, fn, lab in methods:
             x, dt = run(fn)
