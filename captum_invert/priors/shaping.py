@@ -45,12 +45,17 @@ def auto_prior(model, input_shape: Tuple[int, ...], reference: Optional[Tensor] 
       :data:`AUTO_STEPS` Adam steps (betas ``(0.5, 0.9)``, cosine schedule), the first half at
       half resolution (coarse to fine), and
 
-      - on a model with BatchNorm running statistics: free pixels at learning rate 0.1 and
-        :class:`~captum_invert.priors.BNStats` ``(0.1, first=10, form='l2')`` (DeepInversion's
-        statistics: the model's own record of its training data);
-      - on a model without: :class:`~captum_invert.priors.FourierParam` (Lucid's 1/f spectrum)
-        at learning rate 0.2, and Plug-In Inversion's random
-        :class:`~captum_invert.priors.ColorShift` ``(0.1, 0.1)`` among the transforms;
+      - colour images (3 channels), and models without BatchNorm:
+        :class:`~captum_invert.priors.FourierParam` (Lucid's 1/f spectrum, and on colour images
+        Lucid's natural colour decorrelation) at learning rate 0.2, and Plug-In Inversion's
+        random :class:`~captum_invert.priors.ColorShift` ``(0.1, 0.1)`` among the transforms:
+        the natural-image prior;
+      - other images (grey, or not 3 channels) on a model with BatchNorm running statistics:
+        free pixels at learning rate 0.1 and :class:`~captum_invert.priors.BNStats`
+        ``(0.1, first=10, form='l2')`` (DeepInversion's statistics: the model's own record of
+        its training data). Measured: on a colour ResNet the statistics lowered the read share
+        (1.00 without them, 0.79 with free pixels and them), on the grey CNN the natural-image
+        prior did (0.86 against 1.00);
     - other inputs: free pixels (plus BNStats where it applies).
 
     Args:
@@ -72,7 +77,7 @@ def auto_prior(model, input_shape: Tuple[int, ...], reference: Optional[Tensor] 
         return prior + BNStats(0.1) if has_bn else prior
     if not transforms:
         return Prior(None) + BNStats(0.1) if has_bn else Prior(None)
-    if has_bn:
+    if has_bn and input_shape[0] != 3:
         return Prior(PixelParam(), transforms, [BNStats(0.1, first=10.0, form="l2")], lr=0.1, **AUTO_OPTIONS)
     return Prior(FourierParam(), transforms + [ColorShift(0.1, 0.1)], lr=0.2, **AUTO_OPTIONS)
 

@@ -46,6 +46,13 @@ def test_auto_prior_picks_its_parts_from_the_model(digit_cnn, digit_nets):
     assert isinstance(plain.parameterization(), FourierParam) and not plain.penalties
     assert any(isinstance(t, ColorShift) for t in plain.transforms)
     assert not any(isinstance(t, ColorShift) for t in bn.transforms)
+    # colour images: the natural-image prior (Lucid's spectrum and colour decorrelation), BatchNorm
+    # or not; a grey BatchNorm net keeps its statistics
+    colour_bn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                    torch.nn.Linear(4 * 14 * 14, 10))
+    colour = auto_prior(colour_bn, (3, 16, 16))
+    assert isinstance(colour.parameterization(), FourierParam) and not colour.penalties
+    assert any(isinstance(t, ColorShift) for t in colour.transforms)
     # no BatchNorm: auto adds no BNStats, so no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
