@@ -174,7 +174,9 @@ class BackwardPassInversion(InversionMethod):
                 ForwardPassInversion: an anchor aims at the middle of the class region, not just
                 past ``min_prob``, so that the region around it has room).
             max_retries (int): new random starts for samples that fail.
-            init_std (float): standard deviation of random starts without ``input_range``.
+            init_std (float): standard deviation of random starts without ``input_range`` (0.1,
+                not the 1.0 of ForwardPassInversion: the anchors' starts, kept from the first
+                release and not re-measured since).
             return_convergence_delta (bool): also return the per-sample delta.
             allow_unverified (bool): return failed samples too instead of raising.
             reference (Tensor or tuple, optional): real inputs ``(M, *input_shape)``, or a pair
