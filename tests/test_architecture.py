@@ -30,8 +30,8 @@ EXEMPT = {
     "_core/region.py": "softmax of a region's own affine logits (layer algebra)",
     "solvers/first_order.py": "the slope of one activation module, not the user's model",
 }
-# the back-pass reads a final Softmax as a layer of the chain it inverts, and the tail
-# residual takes the softmax of logits it computed itself (layer algebra, not the output kind)
+# the tail residual takes the softmax of logits it computed itself through the output tail's
+# own activations (layer algebra, not the model's output kind)
 ALLOWED_LINES = {
     ("_core/solve.py", "torch.log_softmax(z, 1)"),
 }

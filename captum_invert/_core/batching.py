@@ -115,7 +115,7 @@ def batched_attribute(fn):
             return fn(self, **a)
         gen = make_generator(a.get("seed"))
         want_delta, allow = a.get("return_convergence_delta", False), a.get("allow_unverified", False)
-        xs, ds, oks, reasons, diag, stats = [], [], [], {}, [], {}
+        xs, ds, oks, reasons, diag, stats, note = [], [], [], {}, [], {}, ""
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, desc=type(self).__name__, disable=not show_progress, leave=False)
@@ -136,7 +136,7 @@ def batched_attribute(fn):
                         ok = d <= (1 - a.get("min_prob", 0.9)) if _is_class(a.get("target")) else d <= a.get(
                             "atol", 0.02)
                 except InversionError as e:
-                    x, d, ok = e.result, e.delta, e.verified
+                    x, d, ok, note = e.result, e.delta, e.verified, e.note or note
                     for r, k in e.reasons.items():
                         reasons[r] = reasons.get(r, 0) + k
                     for s in e.diagnosis or []:
@@ -160,7 +160,7 @@ def batched_attribute(fn):
             raise InversionError(
                 f"{name}: {int((~ok).sum())} sample(s) did not verify (pass allow_unverified=True to get them "
                 "anyway, or relax min_prob / atol / input_range).", int(ok.sum()), n, reasons, x, ok, d,
-                diag or None, a.get("min_prob", 0.9))
+                diag or None, a.get("min_prob", 0.9), note)
         return (x, d) if want_delta else x
 
     joint.__doc__ = _add_doc(fn.__doc__ or "")

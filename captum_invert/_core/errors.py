@@ -31,7 +31,7 @@ class InversionError(RuntimeError):
                  reasons: Optional[Dict[str, int]] = None, result: Optional[Tensor] = None,
                  verified: Optional[Tensor] = None, delta: Optional[Tensor] = None,
                  diagnosis: Optional[list] = None, min_prob: float = 0.9, note: str = "") -> None:
-        self.n_verified, self.n_requested = n_verified, n_requested
+        self.n_verified, self.n_requested, self.note = n_verified, n_requested, note
         self.reasons = dict(reasons or {})
         self.result, self.verified, self.delta = result, verified, delta
         self.diagnosis = list(diagnosis) if diagnosis is not None else None

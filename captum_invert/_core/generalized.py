@@ -2,6 +2,7 @@
 Levenberg-Marquardt through the opaque blocks (seed 000's generalized method)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -16,7 +17,7 @@ from .diagnosis import check_reference
 from .batching import batched_attribute
 from .base import InversionMethod, count_reasons, make_generator, random_starts
 from .goal import goal_residual
-from .solve import SolverSettings, escalate, phased_lm
+from .solve import escalate, phased_lm
 
 __all__ = ["GeneralizedInversion"]
 
@@ -76,9 +77,8 @@ class GeneralizedInversion(InversionMethod):
         self.split_points = list(split_points) if split_points is not None else None
         if lp is not None and not isinstance(lp, bool):
             raise ValueError(f"`lp` must be a bool or None (the solver settings' lp), got {lp!r}")
-        if lp is not None and lp != self.solver.lp:
-            s = self.solver
-            self.solver = SolverSettings(escalation=s.escalation, jacobian_averaging=s.jacobian_averaging, lp=lp)
+        if lp is not None:
+            self.solver = dataclasses.replace(self.solver, lp=lp)
         self.lp = self.solver.lp
         self._plan = None
 

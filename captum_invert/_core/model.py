@@ -194,6 +194,8 @@ class ModelAdapter:
         self.joint_shapes = joint_shapes(input_shape)
         if self.joint_shapes is not None:
             input_shape = (sum(int(torch.Size(s).numel()) for s in self.joint_shapes),)
+        #: joins and splits a multi-input model's inputs (None for one input)
+        self._joint = JointInputs(nn.Identity(), self.joint_shapes) if self.joint_shapes is not None else None
         inner = model.module if isinstance(model, CompiledModel) else model
         wrap = self.joint_shapes is not None or self.forward_args or select is not None
         call = _Call(inner, self.joint_shapes, self.forward_args, select) if wrap else inner
@@ -305,13 +307,13 @@ class ModelAdapter:
 
     def flat(self, inputs):
         """A multi-input model's tuple of inputs as one flat tensor; a tensor as is."""
-        return JointInputs(nn.Identity(), self.joint_shapes).join(inputs) if self.joint_shapes else inputs
+        return self._joint.join(inputs) if self.joint_shapes else inputs
 
     def unflat(self, x):
         """The inverse of :meth:`flat` (None stays None)."""
         if x is None or not self.joint_shapes:
             return x
-        return JointInputs(nn.Identity(), self.joint_shapes).split(x)
+        return self._joint.split(x)
 
     # --- the probe ------------------------------------------------------------------------
     def probe(self) -> Probe:
@@ -457,11 +459,6 @@ def _timm_shape(model, shape: Tuple[int, ...]) -> Tuple[int, ...]:
             c = m.in_channels
             break
     return c, h, w
-
-
-def as_adapter(model, input_shape=None, **options) -> ModelAdapter:
-    """``model`` if it is already an adapter, else ``ModelAdapter(model, input_shape, **options)``."""
-    return model if isinstance(model, ModelAdapter) else ModelAdapter(model, input_shape, **options)
 
 
 def param_dtype_device(model) -> Tuple[torch.dtype, torch.device]:
