@@ -34,7 +34,7 @@ def load_model(spec: str, weights: Optional[str] = None):
 
     Args:
         spec (str): a TorchScript file (``torch.jit.save``), a ``torch.export`` program
-            (``torch.export.save``, usually ``.pt2``; export it with a dynamic batch dimension),
+            (``torch.export.save``, usually ``.pt2``; a fixed batch size is run in chunks of it),
             or ``package.module:factory``, where ``factory()`` returns the ``nn.Module``.
         weights (str, optional): a state dict (``torch.save(model.state_dict(), path)``, or a
             dict holding one under ``'state_dict'`` or ``'model'``) for the ``module:factory``

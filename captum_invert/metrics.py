@@ -17,7 +17,7 @@ __all__ = ["class_probabilities", "target_probability", "mean_pairwise_distance"
 
 
 def class_probabilities(model, x: Tensor, batch_size: int = 1024, *, output: Optional[str] = None,
-                        select=None) -> Tensor:
+                        select=None, normalize=None) -> Tensor:
     """The model's class probabilities on ``x``, read as every method reads them (see
     :class:`~captum_invert.InversionMethod`: the output kind is read from the output, or
     declared with ``output``; ``select`` picks one of several outputs), in eval mode (restored
@@ -28,7 +28,7 @@ def class_probabilities(model, x: Tensor, batch_size: int = 1024, *, output: Opt
         model (nn.Module or callable): the classifier.
         x (Tensor): inputs ``(N, *input_shape)``.
         batch_size (int): inputs per forward pass.
-        output, select: as for the methods.
+        output, select, normalize: as for the methods (``x`` in pixel space with ``normalize``).
 
     Returns:
         Tensor: ``(N, C)``.
@@ -37,7 +37,7 @@ def class_probabilities(model, x: Tensor, batch_size: int = 1024, *, output: Opt
 
     if not len(x):
         return torch.zeros(0)
-    adapter = ModelAdapter(model, tuple(x.shape[1:]), output=output, select=select)
+    adapter = ModelAdapter(model, tuple(x.shape[1:]), output=output, select=select, normalize=normalize)
     return adapter.probs(x, batch_size=batch_size)
 
 

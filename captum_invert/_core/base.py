@@ -44,14 +44,19 @@ class InversionMethod(Attribution):
             ``ModelOutput``.
         solver (SolverSettings, optional): escalation, Jacobian averaging and LP routing
             (:class:`~captum_invert.SolverSettings`); default ``SolverSettings()``.
+        normalize (tuple or str, optional): ``(mean, std)`` (one value or one per channel) of a
+            model that expects normalised inputs ``(x - mean) / std``, as timm and torchvision
+            models do; ``'auto'`` reads them from timm's ``pretrained_cfg``. Inputs,
+            ``input_range``, priors and results are then in pixel space, and the model sees
+            them normalised. Default: none.
     """
 
     def __init__(self, forward_func, input_shape=None, *, output: Optional[str] = None,
-                 select: Selector = None, solver: Optional[SolverSettings] = None) -> None:
+                 select: Selector = None, solver: Optional[SolverSettings] = None, normalize=None) -> None:
         if solver is not None and not isinstance(solver, SolverSettings):
             raise ValueError(f"`solver` must be a captum_invert.SolverSettings or None, got {type(solver).__name__}")
         #: the model as the methods see it (:class:`~captum_invert._core.model.ModelAdapter`)
-        self.adapter = ModelAdapter(forward_func, input_shape, output=output, select=select)
+        self.adapter = ModelAdapter(forward_func, input_shape, output=output, select=select, normalize=normalize)
         super().__init__(forward_func)
         self.input_shape: Tuple[int, ...] = self.adapter.input_shape
         self.solver = solver if solver is not None else SolverSettings()

@@ -110,6 +110,71 @@ class JointInputs(nn.Module):
         return torch.cat([t.reshape(len(t), -1).to(dt) for t in inputs], 1)
 
 
+def exported_input(module) -> Tuple[Optional[int], Optional[Tuple[int, ...]]]:
+    """``(batch, shape)`` of the first input a ``torch.export`` module was exported with:
+    ``batch`` None when its batch dimension is dynamic, both None when the module is not an
+    exported graph or its input is not recorded."""
+    from torch.fx import GraphModule
+
+    if not isinstance(module, GraphModule):
+        return None, None
+    for n in module.graph.nodes:
+        if n.op == "placeholder":
+            shape = getattr(n.meta.get("val"), "shape", None)
+            if shape is None or not len(shape):
+                return None, None
+            rest = tuple(int(v) if isinstance(v, int) else None for v in shape[1:])
+            batch = int(shape[0]) if isinstance(shape[0], int) else None
+            return batch, (None if None in rest else rest)
+    return None, None
+
+
+def _map(fn, out):
+    """``fn`` on every tensor of a (nested) tuple / list / dict output."""
+    if isinstance(out, Tensor):
+        return fn(out)
+    if isinstance(out, (tuple, list)):
+        return type(out)(_map(fn, o) for o in out)
+    if isinstance(out, dict):
+        return {k: _map(fn, v) for k, v in out.items()}
+    return out
+
+
+class _FixedBatch(nn.Module):
+    """A program exported with a fixed batch size ``batch``, run on any batch: in chunks of
+    ``batch``, the last one padded with copies of its last row (their outputs dropped)."""
+
+    def __init__(self, module, batch: int) -> None:
+        super().__init__()
+        self.module, self.batch = module, batch
+
+    def forward(self, x, *args):
+        n, b = len(x), self.batch
+        if n == b:
+            return self.module(x, *args)
+        outs = []
+        for i in range(0, n, b):
+            k = min(b, n - i)
+
+            def cut(t, i=i, k=k):
+                c = t[i:i + k]
+                return torch.cat([c, c[-1:].expand(b - k, *c.shape[1:])]) if k < b else c
+
+            extra = [cut(a) if isinstance(a, Tensor) and a.dim() and len(a) == n else a for a in args]
+            outs.append(_map(lambda o, k=k: o[:k], self.module(cut(x), *extra)))
+        first = outs[0]
+        if isinstance(first, Tensor):
+            return torch.cat(outs)
+        if isinstance(first, (tuple, list)):
+            return type(first)(torch.cat([o[j] for o in outs]) if isinstance(first[j], Tensor) else first[j]
+                               for j in range(len(first)))
+        if isinstance(first, dict):
+            return {key: torch.cat([o[key] for o in outs]) if isinstance(v, Tensor) else v
+                    for key, v in first.items()}
+        raise ValueError(f"a fixed-batch exported program returned {type(first).__name__}; return a tensor, "
+                         "tuple or dict, or export it with a dynamic batch dimension")
+
+
 def _select(out, select: Selector):
     """One tensor of a model's output: ``select`` an index (tuple / list), a key (dict) or
     ``'.name'`` (an attribute); by default a tensor as is and a ``ModelOutput``'s ``logits``."""
@@ -127,8 +192,9 @@ class _Call(nn.Module):
     """The caller's model as a one-input, one-output module: joins several inputs, appends the
     extra forward arguments (a batch dimension of 1 expanded) and selects the output."""
 
-    def __init__(self, model, shapes, args: tuple, select: Selector) -> None:
+    def __init__(self, model, shapes, args: tuple, select: Selector, normalize: Optional[nn.Module] = None) -> None:
         super().__init__()
+        self.normalize = normalize  # pixel space -> the model's normalised inputs (runs first)
         self.model = model
         self.joint = JointInputs(nn.Identity(), shapes) if shapes is not None else None
         self.args, self.select = args, select
@@ -136,6 +202,8 @@ class _Call(nn.Module):
     def forward(self, x):
         args = [a.expand(len(x), *a.shape[1:]) if isinstance(a, Tensor) and a.dim() > 0 and len(a) == 1 else a
                 for a in self.args]
+        if self.normalize is not None:
+            x = self.normalize(x)
         xs = self.joint.split(x) if self.joint is not None else (x,)
         return _select(self.model(*xs, *args), self.select)
 
@@ -176,10 +244,15 @@ class ModelAdapter:
             and the ``logits`` of an object that has them (Hugging Face's ``ModelOutput``).
         forward_args (tuple, optional): passed after the inputs, ``model(x, *forward_args)``;
             tensors must have a batch dimension of 1 (expanded) or none.
+        normalize (tuple or str, optional): ``(mean, std)``, one value or one per channel: the
+            model expects ``(x - mean) / std`` of pixel images ``x``. The methods then work in
+            pixel space (``input_range``, priors, the returned inputs) and the model sees the
+            normalised inputs. ``'auto'`` reads them from timm's ``pretrained_cfg``. Default:
+            none (the inputs go to the model as they are).
     """
 
     def __init__(self, model, input_shape=None, output: Optional[str] = None, select: Selector = None,
-                 forward_args: tuple = ()) -> None:
+                 forward_args: tuple = (), normalize=None) -> None:
         if not callable(model):
             raise ValueError(f"`forward_func` must be a callable model, got {type(model).__name__}")
         if output is not None and output not in OUTPUT_KINDS:
@@ -197,15 +270,22 @@ class ModelAdapter:
         #: joins and splits a multi-input model's inputs (None for one input)
         self._joint = JointInputs(nn.Identity(), self.joint_shapes) if self.joint_shapes is not None else None
         inner = model.module if isinstance(model, CompiledModel) else model
-        wrap = self.joint_shapes is not None or self.forward_args or select is not None
-        call = _Call(inner, self.joint_shapes, self.forward_args, select) if wrap else inner
+        self.input_shape, self.inferred_how = _infer_input_shape(inner, input_shape)
+        #: the batch size a ``torch.export`` program was exported with, when it is fixed (run in
+        #: chunks of that size, the last one padded)
+        self.fixed_batch = exported_input(inner)[0] if self.compiled else None
+        if self.fixed_batch is not None:
+            inner = _FixedBatch(inner, self.fixed_batch)
+        #: the caller's ``normalize`` as given (``'auto'`` resolved), and as a module
+        self.normalize, norm = _normalizer(inner, normalize, self.input_shape, self.joint_shapes)
+        wrap = self.joint_shapes is not None or self.forward_args or select is not None or norm is not None
+        call = _Call(inner, self.joint_shapes, self.forward_args, select, norm) if wrap else inner
         if not wrap and not isinstance(inner, nn.Module):  # a plain callable: outputs still selected
             call = _Call(inner, None, (), None)
         #: the model as called: an ``nn.Module`` of one input and one output
         self.module = call
         #: the module to trace and hook, None for a compiled model
         self.traceable: Optional[nn.Module] = None if self.compiled or not isinstance(inner, nn.Module) else call
-        self.input_shape, self.inferred_how = _infer_input_shape(inner, input_shape)
 
     def with_args(self, forward_args) -> "ModelAdapter":
         """The same model with extra forward arguments (Captum's ``additional_forward_args``)."""
@@ -219,7 +299,13 @@ class ModelAdapter:
                     "expanded to each call's batch, or no batch dimension). For per-sample arguments, run one "
                     "call per value.")
         shape = self.joint_shapes if self.joint_shapes is not None else self.input_shape
-        return ModelAdapter(self.model, shape, self.output, self.select, self.forward_args + forward_args)
+        return ModelAdapter(self.model, shape, self.output, self.select, self.forward_args + forward_args,
+                            self.normalize)
+
+    def traced_name(self, name: str) -> str:
+        """The name under :attr:`traceable` of the caller's module ``name`` (the adapter's wrapper
+        puts the caller's model under ``model.``)."""
+        return f"model.{name}" if isinstance(self.traceable, _Call) and name else name
 
     def flattened(self) -> "ModelAdapter":
         """The same adapter seen as a one-input model of the flat inputs (for a method that
@@ -432,6 +518,9 @@ def _infer_input_shape(model, input_shape) -> Tuple[Tuple[int, ...], str]:
     shape = getattr(model, "input_shape", None)
     if shape is not None:
         return tuple(shape), "the model's `input_shape` attribute"
+    shape = exported_input(model)[1]
+    if shape:
+        return shape, "the input the torch.export program was exported with"
     for attr in ("pretrained_cfg", "default_cfg"):  # timm models declare their input size
         cfg = getattr(model, attr, None)
         if isinstance(cfg, dict) and cfg.get("input_size"):
@@ -442,6 +531,33 @@ def _infer_input_shape(model, input_shape) -> Tuple[Tuple[int, ...], str]:
                 return (m.in_features,), "the in_features of the first nn.Linear"
     raise ValueError("`input_shape` is required: it cannot be inferred from this model; pass the shape "
                      "of one input without the batch dimension, e.g. input_shape=(3, 224, 224)")
+
+
+def _normalizer(model, normalize, input_shape, joint) -> Tuple[Optional[tuple], Optional[nn.Module]]:
+    """``(mean, std)`` and the :class:`~captum_invert.blocks.normalize.Normalize` module of
+    ``normalize`` (None, ``(mean, std)`` or ``'auto'``); a ValueError names the fix."""
+    from ..blocks.normalize import Normalize
+
+    if normalize is None:
+        return None, None
+    if isinstance(normalize, str):
+        if normalize != "auto":
+            raise ValueError(f"`normalize` must be None, (mean, std) or 'auto', got {normalize!r}")
+        cfg = next((c for c in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None))
+                    if isinstance(c, dict) and c.get("mean") is not None and c.get("std") is not None), None)
+        if cfg is None:
+            raise ValueError("`normalize='auto'` reads the mean and std from timm's `pretrained_cfg`, which this "
+                             f"model ({type(model).__name__}) lacks: pass them, e.g. "
+                             "normalize=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))")
+        normalize = (tuple(cfg["mean"]), tuple(cfg["std"]))
+    if not isinstance(normalize, (tuple, list)) or len(normalize) != 2:
+        raise ValueError("`normalize` must be a pair (mean, std), each one number or one per channel, e.g. "
+                         f"normalize=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), got {normalize!r}")
+    if joint is not None:
+        raise ValueError("`normalize` applies to a model of one input; for a model of several inputs, "
+                         "normalise inside the model")
+    mod = Normalize(normalize[0], normalize[1], input_shape)
+    return (tuple(mod.mean.reshape(-1).tolist()), tuple(mod.std.reshape(-1).tolist())), mod
 
 
 def _timm_shape(model, shape: Tuple[int, ...]) -> Tuple[int, ...]:

@@ -255,5 +255,9 @@ def _bn_inv(m, y):
 
 register_activation(nn.BatchNorm1d, ElementwiseInverse(_bn_fwd, _bn_inv, _unbounded, _bn_check))
 
+from .normalize import Normalize  # noqa: E402  (the adapter's pixel-space normalisation)
+
+register_activation(Normalize, ElementwiseInverse(lambda m, y: m(y), lambda m, y: m.inverse(y), _unbounded))
+
 # math is used by entries registered by users; keep the import visible
 _ = math

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .normalize import Normalize
+
 __all__ = ["LP_MAX_ENTRIES", "AFFINE_TYPES", "KINK_TYPES", "is_piecewise_linear", "needs_lp", "Linearization", "linearize",
            "split_piecewise", "constraint_count", "lp_fits"]
 
@@ -23,7 +25,7 @@ __all__ = ["LP_MAX_ENTRIES", "AFFINE_TYPES", "KINK_TYPES", "is_piecewise_linear"
 LP_MAX_ENTRIES = 200_000_000
 
 AFFINE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
+                nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, Normalize)
 KINK_TYPES = (nn.ReLU, nn.LeakyReLU, nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d)  # ReLU6 is a Hardtanh
 
 

@@ -32,7 +32,15 @@ def test_torchscript_and_exported_models_invert(compiled, kind, cls):
     assert bool((p >= 0.9).all())
 
 
-def test_an_export_with_a_fixed_batch_is_refused_with_the_fix(compiled):
-    _, models = compiled
-    with pytest.raises(ValueError, match="dynamic batch dimension"):
-        ForwardPassInversion(models["static"], input_shape=(1, 28, 28)).attribute(target=0, seed=0)
+@pytest.mark.parametrize("n", [1, 5])
+def test_an_export_with_a_fixed_batch_runs_in_chunks(compiled, n):
+    net, models = compiled
+    m = models["static"]  # exported with batch 2, no dynamic dimension
+    inv = ForwardPassInversion(m)  # the shape comes from the exported program
+    assert inv.input_shape == (1, 28, 28) and inv.adapter.fixed_batch == 2
+    targets = list(range(n))
+    x = inv.attribute(target=targets, seed=0, input_range=(0.0, 1.0))
+    assert len(x) == n
+    with torch.no_grad():
+        p = torch.softmax(net(x), 1)[torch.arange(n), targets]
+    assert bool((p >= 0.9).all())
