@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from captum_invert.datasets import InversionDataset
+from captum_invert.generation import InversionDataset
 from captum_invert.generation import verify_shards
 from captum_invert.models import TrainConfig, accuracy, train
 

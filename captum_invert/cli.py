@@ -355,6 +355,40 @@ def run_reconstruct(dataset: str = "digits", data_root=None, model_name: str = "
     return res
 
 
+MODEL_HELP = ("a TorchScript file, a torch.export program (.pt2), an ONNX file (.onnx), timm:NAME, "
+              "torchvision:NAME, hf:DIRECTORY (saved with save_pretrained), or package.module:factory")
+WEIGHTS_HELP = "a state dict (.pt or .safetensors) for the timm:, torchvision: and package.module:factory forms"
+#: options whose values may start with '-' (argparse would read "-1,1" as a flag)
+_SIGNED = ("--input-range", "--target", "--normalize")
+
+
+def _join_signed(argv: List[str]) -> List[str]:
+    """``--input-range -1,1`` as ``--input-range=-1,1``, so that argparse takes the value."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if a in _SIGNED and nxt.startswith("-") and (nxt[1:2].isdigit() or nxt[1:2] == "."):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _as_flags(msg: str) -> str:
+    """An error of the Python API in the command line's words: ``input_shape=(1, 28, 28)``
+    becomes ``--input-shape 1,28,28``, and a quoted argument name its flag."""
+    import re
+
+    msg = re.sub(r"\b(input_shape|input_range)=\(([^()]*)\)",
+                 lambda m: f"--{m.group(1).replace('_', '-')} " + m.group(2).replace(" ", ""), msg)
+    for name in ("input_shape", "input_range", "min_prob", "atol", "n_samples", "max_iter", "normalize"):
+        msg = msg.replace(f"`{name}`", f"`--{name.replace('_', '-')}`")
+    return msg
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from . import __version__
 
@@ -389,17 +423,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--opt-iter", type=int, default=50)
     r.add_argument("--no-handcrafted", action="store_true", help="skip LBP / HOG (scikit-image)")
     r.add_argument("--no-autoencoder", action="store_true", help="skip the autoencoder upper bound")
-    i = sub.add_parser("invert", help="invert your own model: a TorchScript file, a .pt2 program, or "
-                       "package.module:factory with --weights")
-    i.add_argument("model", help="a TorchScript file, a torch.export program (.pt2), or package.module:factory")
-    i.add_argument("--weights", default=None, help="a state dict for the package.module:factory form")
+    i = sub.add_parser("invert", help="invert your own model: a TorchScript, .pt2 or ONNX file, timm:NAME, "
+                       "torchvision:NAME, hf:DIRECTORY, or package.module:factory with --weights")
+    i.add_argument("model", help=MODEL_HELP)
+    i.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+    i.add_argument("--num-classes", type=int, default=None, help="classes of a timm:/torchvision: model")
+    i.add_argument("--in-chans", type=int, default=None, help="input channels of a timm: model")
+    i.add_argument("--normalize", default="auto", help="the inputs the model expects: auto (what the model's "
+                   "format records: timm's pretrained_cfg, torchvision's weights, a Hugging Face preprocessor "
+                   "config; else none), none, imagenet, or MEAN/STD, e.g. 0.5/0.5 or "
+                   "0.485,0.456,0.406/0.229,0.224,0.225. Samples stay in pixel space")
+    i.add_argument("--prior", default=None, help="auto, none, or data:PATH (an image folder or a tensor file "
+                   "of reference images): the prior of --method forward / generalized")
     i.add_argument("--method", choices=["forward", "generalized", "backward"], default="generalized")
     i.add_argument("--target", required=True,
                    help="a class (3), a distribution over every class (0.5,0.5), or pairs (1:0.5,2:0.3,3:0.2)")
     i.add_argument("--n-samples", type=int, default=16)
     i.add_argument("--input-shape", default=None, help="one input without the batch dimension, e.g. 1,28,28; "
                    "a model of several inputs: one shape each, separated by ';', e.g. '1,28,28;12'")
-    i.add_argument("--input-range", default=None, help="the box every input stays in, e.g. 0,1")
+    i.add_argument("--input-range", default=None, help="the box every input stays in (pixel space), e.g. 0,1 "
+                   "or -1,1")
     i.add_argument("--min-prob", type=float, default=0.9)
     i.add_argument("--atol", type=float, default=0.02)
     i.add_argument("--max-iter", type=int, default=30)
@@ -408,14 +451,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     i.add_argument("--no-progress", action="store_true")
     g = sub.add_parser("generate", help="verified inversions of every target into shards, resumable; "
                        "runs under torchrun as N ranks")
-    g.add_argument("model", help="a TorchScript file, a torch.export program (.pt2), or package.module:factory")
-    g.add_argument("--weights", default=None, help="a state dict for the package.module:factory form")
+    g.add_argument("model", help=MODEL_HELP)
+    g.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     g.add_argument("--method", choices=["forward", "generalized", "backward"], default="generalized")
     g.add_argument("--targets", required=True, help="classes (0-9 or 1,3,7) or a .pt / .json file of distributions")
     g.add_argument("--n-per-target", type=int, required=True)
     g.add_argument("--shard-size", type=int, default=64)
     g.add_argument("--input-shape", default=None, help="one input without the batch dimension, e.g. 1,28,28")
-    g.add_argument("--input-range", default=None, help="the box every input stays in, e.g. 0,1")
+    g.add_argument("--input-range", default=None, help="the box every input stays in, e.g. 0,1 or -1,1")
     g.add_argument("--min-prob", type=float, default=0.9)
     g.add_argument("--atol", type=float, default=0.02)
     g.add_argument("--max-iter", type=int, default=30)
@@ -425,10 +468,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     g.add_argument("--no-progress", action="store_true")
     h = sub.add_parser("harden", help="fine-tune a copy of your model against its own undesirable "
                        "inversions; writes the hardened weights and the per-round report")
-    h.add_argument("model", help="a TorchScript file, a torch.export program (.pt2), or package.module:factory")
-    h.add_argument("--weights", default=None, help="a state dict for the package.module:factory form")
-    h.add_argument("--dataset", choices=["digits", "mnist"], default="digits",
-                   help="the clean training data (images 1x28x28 in [0, 1], labels 0-9)")
+    h.add_argument("model", help=MODEL_HELP)
+    h.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+    h.add_argument("--dataset", default="digits",
+                   help="the clean labelled training data: digits, mnist, an image folder (one sub-directory "
+                   "per class; train/ and test/ sub-directories are used when present, else an 80/20 split) "
+                   "or a tensor file (.pt / .safetensors / .npz with images and labels); images in [0, 1]")
     h.add_argument("--data-root", default=None, help="directory of MNIST IDX files (or set CAPTUM_INVERT_MNIST)")
     h.add_argument("--judge", default=None, help="the independent criterion: a classifier in any MODEL form "
                    "(default: train the built-in judge CNN on the data)")
@@ -446,7 +491,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--out", default="harden_out", help="output directory")
     h.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_signed(list(sys.argv[1:] if argv is None else argv)))
     if args.command == "harden":
         return _harden(args)
     if args.command == "invert":
@@ -500,7 +545,7 @@ def _generate(args) -> int:
                      _shape(args.input_shape, "--input-shape"), args.weights, args.min_prob, args.atol,
                      args.max_iter, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, ImportError, ManifestError) as e:
-        print(f"captum-invert: error: {e}", file=sys.stderr)
+        print(f"captum-invert: error: {_as_flags(str(e))}", file=sys.stderr)
         return 2
     if "complete" in m:
         print(f"{m['n_samples']} verified samples in {len(m['shards'])} shards ({m['failed']} failed); "
@@ -560,16 +605,19 @@ def _invert(args) -> int:
     try:
         m = run_invert(args.model, args.out, args.target, args.method, args.weights, args.n_samples,
                        args.input_shape, args.input_range, args.seed, args.min_prob, args.atol,
-                       args.max_iter, not args.no_progress)
+                       args.max_iter, not args.no_progress, normalize=args.normalize, prior=args.prior,
+                       num_classes=args.num_classes, in_chans=args.in_chans)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"captum-invert: error: {e}", file=sys.stderr)
+        print(f"captum-invert: error: {_as_flags(str(e))}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # InversionError: the verified samples were written
-        print(f"captum-invert: {e}", file=sys.stderr)
+        print(f"captum-invert: {_as_flags(str(e))}", file=sys.stderr)
         print(f"wrote the verified samples to {args.out}", file=sys.stderr)
         return 1
+    ort = m.get("onnxruntime", {})
+    extra = (f"; onnxruntime verifies {ort['verified']} of {ort['of']}" if "verified" in ort else "")
     print(f"{m['n_verified']} of {m['n_requested']} samples verified in {m['seconds']:.2f} s "
-          f"(max delta {m['max_delta']:.4f}); wrote {os.path.join(args.out, 'samples.safetensors')}, "
+          f"(max delta {m['max_delta']:.4f}){extra}; wrote {os.path.join(args.out, 'samples.safetensors')}, "
           "grid.png, metrics.json")
     return 0
 

@@ -8,6 +8,8 @@ is an int64 tensor of shape ``(N,)``.
   upsampled to 28x28 by default so that the MNIST architectures apply unchanged.
 - :func:`load_mnist_idx`: a directory holding MNIST IDX files (gzip or raw).
 - :func:`load_mnist`: torchvision's MNIST (downloads when ``download=True``).
+- :func:`load_images`: the user's own images: an image folder (torchvision's ``ImageFolder``
+  layout) or a tensor file.
 - :func:`colour_digits`: any of these as ``(N, 3, S, S)`` colour images: random foreground and
   background colours and textures, for the colour test nets.
 """
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-__all__ = ["load_digits", "load_mnist", "load_mnist_idx", "split", "load_dataset", "DATA_ENV", "InversionDataset",
+__all__ = ["load_digits", "load_mnist", "load_mnist_idx", "split", "load_dataset", "load_images", "DATA_ENV",
            "colour_digits", "colour_images"]
 
 #: Environment variable naming a directory of MNIST IDX files (used by the CLI and tests).
@@ -177,13 +179,14 @@ def load_mnist(root, which: str = "train", download: bool = False) -> TensorData
 
 
 def load_dataset(name: str = "digits", which: str = "train", data_root=None) -> TensorDataset:
-    """Load ``'digits'`` (offline) or ``'mnist'`` by name.
+    """Load ``'digits'`` (offline) or ``'mnist'`` by name, or the user's own labelled images: an
+    image folder or a tensor file (:func:`load_images`).
 
     For ``'mnist'``, ``data_root`` (or the ``CAPTUM_INVERT_MNIST`` environment variable) names a
     directory of IDX files; torchvision's layout (``root/MNIST/raw``) is found too.
 
     Args:
-        name (str): ``'digits'`` or ``'mnist'``.
+        name (str): ``'digits'``, ``'mnist'``, or a path for :func:`load_images`.
         which (str): ``'train'``, ``'test'`` or ``'all'``.
         data_root (str or Path, optional): MNIST directory.
 
@@ -193,7 +196,10 @@ def load_dataset(name: str = "digits", which: str = "train", data_root=None) -> 
     if name == "digits":
         return load_digits(which)
     if name != "mnist":
-        raise ValueError(f"`dataset` must be 'digits' or 'mnist', got {name!r}")
+        if os.path.exists(str(name)):
+            return load_images(name, which, labels_required=True)
+        raise ValueError(f"`dataset` must be 'digits', 'mnist', an image folder (one sub-directory per class) or "
+                         f"a tensor file (.pt, .safetensors, .npz), got {name!r}, which does not exist")
     root = data_root or os.environ.get(DATA_ENV)
     if root is None:
         raise ValueError(
@@ -206,40 +212,127 @@ def load_dataset(name: str = "digits", which: str = "train", data_root=None) -> 
     return load_mnist_idx(root, which)
 
 
-class InversionDataset(torch.utils.data.Dataset):
-    """The samples of a complete :func:`~captum_invert.generate` run, read back as a torch
-    Dataset of ``(input, target)`` pairs (``target`` an int64 class, or a ``(C,)`` float64
-    distribution), in shard order.
+IMAGE_KEYS, LABEL_KEYS = ("inputs", "images", "x", "data"), ("labels", "targets", "y")
 
-    Args:
-        root (str or Path): the run's directory (with ``manifest.json``).
-        verify (bool): check every shard's sha256 against the manifest first (a corrupted or
-            missing shard is a :class:`~captum_invert.generation.ManifestError`).
 
-    Attributes:
-        manifest (dict): the run's manifest.
-        inputs (Tensor): ``(N, *input_shape)``.
-        targets (Tensor): ``(N,)`` or ``(N, C)``.
-        probs (Tensor): ``(N, C)``, the model's probabilities on each input.
-    """
+def _split_part(ds: TensorDataset, which: str) -> TensorDataset:
+    if which == "all" or len(ds) < 2:
+        return ds
+    train, test = split(ds, max(1, min(len(ds) - 1, int(round(0.8 * len(ds))))), seed=0)
+    return train if which == "train" else test
 
-    def __init__(self, root, verify: bool = True) -> None:
+
+def _read_tensors(p: Path):
+    """``(images, labels or None)`` of a tensor file."""
+    suffix = p.suffix.lower()
+    if suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        from .generation import read_manifest, verify_shards
+        obj = load_file(str(p))
+    elif suffix == ".npz":
+        with np.load(p) as z:
+            obj = {k: torch.from_numpy(z[k]) for k in z.files}
+    else:
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"`data` {str(p)!r}: not a tensor file torch.load reads with weights_only=True "
+                             f"({type(e).__name__}: {str(e)[:200]})") from e
+    if isinstance(obj, torch.Tensor):
+        return obj, None
+    if isinstance(obj, (tuple, list)) and len(obj) in (1, 2) and all(isinstance(t, torch.Tensor) for t in obj):
+        return obj[0], (obj[1] if len(obj) == 2 else None)
+    if isinstance(obj, dict):
+        x = next((obj[k] for k in IMAGE_KEYS if isinstance(obj.get(k), torch.Tensor)), None)
+        y = next((obj[k] for k in LABEL_KEYS if isinstance(obj.get(k), torch.Tensor)), None)
+        if x is not None:
+            return x, y
+    keys = f" (keys: {sorted(obj)})" if isinstance(obj, dict) else f" ({type(obj).__name__})"
+    raise ValueError(f"`data` {str(p)!r}: expected a tensor of images, a pair (images, labels) or a dict with "
+                     f"one of the keys {IMAGE_KEYS} and optionally one of {LABEL_KEYS}{keys}")
 
-        self.root = Path(root)
-        self.manifest = verify_shards(root) if verify else read_manifest(root)
-        parts = [load_file(str(self.root / r["file"])) for r in self.manifest["shards"]]
-        self.inputs = torch.cat([p["inputs"] for p in parts])
-        self.targets = torch.cat([p["targets"] for p in parts])
-        self.probs = torch.cat([p["probs"] for p in parts])
 
-    def __len__(self) -> int:
-        return len(self.inputs)
+def _read_folder(p: Path, image_shape):
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.functional import pil_to_tensor, resize
 
-    def __getitem__(self, i):
-        return self.inputs[i], self.targets[i]
+    try:
+        folder = ImageFolder(str(p), loader=lambda f: Image.open(f))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise ValueError(f"`data` {str(p)!r}: not an image folder ({e}); the layout is one sub-directory of "
+                         "images per class, e.g. DIR/cat/1.png, DIR/dog/2.png") from e
+    grey = image_shape[0] == 1 if image_shape else None
+    imgs, labels = [], []
+    for path, label in folder.samples:
+        with Image.open(path) as im:
+            if grey is None:
+                grey = im.mode in ("L", "I", "I;16", "1")
+            t = pil_to_tensor(im.convert("L" if grey else "RGB"))
+        if image_shape:
+            t = resize(t, list(image_shape[1:]), antialias=True)
+        imgs.append(t)
+        labels.append(label)
+    sizes = {tuple(t.shape) for t in imgs}
+    if len(sizes) > 1:
+        raise ValueError(f"`data` {str(p)!r}: the images have different sizes ({sorted(sizes)[:3]}, ...); give the "
+                         "model's input shape (--input-shape / image_shape=) to resize them")
+    x = torch.stack(imgs).float().div_(255.0) if imgs else torch.zeros(0)
+    return x, torch.tensor(labels, dtype=torch.int64), folder.classes
+
+
+def load_images(path, which: str = "all", image_shape=None, labels_required: bool = False) -> TensorDataset:
+    """The user's own images as ``(images, labels)``, float32 in ``[0, 1]`` (image files) or as
+    stored (tensor files).
+
+    - **An image folder**, torchvision's ``ImageFolder`` layout: one sub-directory per class
+      (classes numbered in sorted order). With ``train/`` and ``test/`` (or ``val/``)
+      sub-directories, ``which`` picks one.
+    - **A tensor file**: ``.pt`` / ``.pth`` (read with ``weights_only=True``), ``.safetensors`` or
+      ``.npz``, holding a tensor of images, a pair ``(images, labels)`` or a dict with the keys
+      ``inputs`` / ``images`` / ``x`` and ``labels`` / ``targets`` / ``y``.
+
+    Without split sub-directories, ``which='train'`` / ``'test'`` is a fixed 80 / 20 split
+    (seed 0) and ``'all'`` everything.
+
+    Args:
+        path (str or Path): the folder or file.
+        which (str): ``'train'``, ``'test'`` or ``'all'``.
+        image_shape (tuple of int, optional): ``(C, H, W)``: folder images are converted to C
+            channels (1: grey, 3: RGB) and resized to ``H x W``. Default: their own size, grey
+            only if every image is.
+        labels_required (bool): raise when the file has no labels (else they are -1).
+
+    Returns:
+        TensorDataset: ``(images (N, C, H, W), labels (N,) int64)``.
+    """
+    _check_split(which)
+    p = Path(path)
+    if p.is_dir():
+        subs = {"train": ("train",), "test": ("test", "val"), "all": ()}[which]
+        split_dir = next((p / s for s in subs if (p / s).is_dir()), None)
+        x, y, _ = _read_folder(split_dir or p, image_shape)
+        ds = TensorDataset(x, y)
+        if split_dir is None:
+            ds = _split_part(ds, which)
+        if not len(ds):
+            raise ValueError(f"`data` {str(p)!r}: no images found")
+        return ds
+    if not p.is_file():
+        raise ValueError(f"`data` {str(p)!r} does not exist: give an image folder or a tensor file")
+    x, y = _read_tensors(p)
+    if y is None:
+        if labels_required:
+            raise ValueError(f"`data` {str(p)!r} holds images but no labels; store a pair (images, labels) or a "
+                             f"dict with one of the keys {LABEL_KEYS}")
+        y = torch.full((len(x),), -1, dtype=torch.int64)
+    if len(y) != len(x):
+        raise ValueError(f"`data` {str(p)!r}: {len(x)} images but {len(y)} labels")
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
+    return _split_part(TensorDataset(x.float(), y.long()), which)
 
 
 def _smooth_noise(n: int, size: int, cells: int, gen: torch.Generator) -> torch.Tensor:

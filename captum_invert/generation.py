@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+import torch
+
 from .checkpoint import METHODS, file_sha256 as _sha256
 
-__all__ = ["generate", "parse_targets", "read_manifest", "verify_shards", "ManifestError"]
+__all__ = ["generate", "parse_targets", "read_manifest", "verify_shards", "ManifestError", "InversionDataset"]
 
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
@@ -344,3 +346,37 @@ def verify_shards(out) -> dict:
         if _sha256(p) != r["sha256"]:
             raise ManifestError(f"shard {r['file']} is corrupted: its sha256 differs from the manifest's")
     return m
+
+
+class InversionDataset(torch.utils.data.Dataset):
+    """The samples of a complete :func:`~captum_invert.generate` run, read back as a torch
+    Dataset of ``(input, target)`` pairs (``target`` an int64 class, or a ``(C,)`` float64
+    distribution), in shard order.
+
+    Args:
+        root (str or Path): the run's directory (with ``manifest.json``).
+        verify (bool): check every shard's sha256 against the manifest first (a corrupted or
+            missing shard is a :class:`ManifestError`).
+
+    Attributes:
+        manifest (dict): the run's manifest.
+        inputs (Tensor): ``(N, *input_shape)``.
+        targets (Tensor): ``(N,)`` or ``(N, C)``.
+        probs (Tensor): ``(N, C)``, the model's probabilities on each input.
+    """
+
+    def __init__(self, root, verify: bool = True) -> None:
+        from safetensors.torch import load_file
+
+        self.root = Path(root)
+        self.manifest = verify_shards(root) if verify else read_manifest(root)
+        parts = [load_file(str(self.root / r["file"])) for r in self.manifest["shards"]]
+        self.inputs = torch.cat([p["inputs"] for p in parts])
+        self.targets = torch.cat([p["targets"] for p in parts])
+        self.probs = torch.cat([p["probs"] for p in parts])
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i):
+        return self.inputs[i], self.targets[i]

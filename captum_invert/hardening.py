@@ -211,7 +211,7 @@ def harden(model: nn.Module, dataset: TensorDataset, judge: Optional[nn.Module] 
         (nn.Module, HardenReport): the hardened copy (eval mode) and the per-round report.
     """
     from .generation import generate
-    from .datasets import InversionDataset
+    from .generation import InversionDataset
 
     if rounds < 0 or per_class < 1:
         raise ValueError(f"`rounds` must be >= 0 and `per_class` >= 1, got {rounds!r}, {per_class!r}")

@@ -58,3 +58,15 @@ def test_harden_bad_arguments(tmp_path, user_net, capsys):
     assert "--rounds" in capsys.readouterr().err
     assert main(["harden", "usernets:make", "--no-judge", "--judge", "x.ts"]) == 2
     assert "exclude" in capsys.readouterr().err
+
+
+def test_harden_on_an_image_folder(tmp_path, user_net, user_factory):
+    from tests.test_datasets import _image_folder
+
+    root = _image_folder(tmp_path / "imgs", n_per_class=20, classes=tuple("abcdefghij"))
+    out = tmp_path / "o"
+    args = [a if a != "digits" else str(root) for a in FAST]
+    assert main(["harden", "usernets:make", "--weights", str(tmp_path / "w.pt"), "--no-judge",
+                 "--out", str(out)] + args) == 0
+    rep = _check(out, user_net, user_factory.make)
+    assert rep["dataset"] == str(root)

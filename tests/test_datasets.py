@@ -88,3 +88,57 @@ def test_colour_digits_keep_the_shape_in_random_colours():
     assert d.tensors[0].shape == (50, 3, 32, 32) and torch.equal(d.tensors[1], torch.arange(50))
     with pytest.raises(ValueError, match="`gray`"):
         colour_images(torch.zeros(2, 3, 28, 28))
+
+
+def _image_folder(root, n_per_class=10, classes=("a", "b", "c"), size=28, mode="L"):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    x, y = load_digits("train").tensors
+    for ci, c in enumerate(classes):
+        (root / c).mkdir(parents=True)
+        for i, img in enumerate(x[y == ci][:n_per_class]):
+            arr = (img[0] * 255).round().to(torch.uint8).numpy()
+            im = Image.fromarray(arr, mode="L")
+            (im if mode == "L" else im.convert("RGB")).resize((size, size)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_load_images_from_a_folder_and_tensor_files(tmp_path):
+    from captum_invert.datasets import load_images
+
+    root = _image_folder(tmp_path / "imgs")
+    ds = load_images(root)
+    x, y = ds.tensors
+    assert x.shape == (30, 1, 28, 28) and x.dtype == torch.float32 and float(x.max()) <= 1.0
+    assert sorted(y.tolist()) == sorted([0] * 10 + [1] * 10 + [2] * 10)
+    ref = load_digits("train").tensors[0][load_digits("train").tensors[1] == 1][0]
+    assert float((x[y == 1] - ref).abs().amax((1, 2, 3)).min()) < 3 / 255  # the same pixels
+    tr, te = load_images(root, "train"), load_images(root, "test")
+    assert len(tr) == 24 and len(te) == 6  # a fixed 80/20 split without train/ and test/
+    rgb = load_images(root, image_shape=(3, 16, 16)).tensors[0]
+    assert rgb.shape == (30, 3, 16, 16)
+    torch.save((x, y), tmp_path / "pair.pt")
+    assert torch.equal(load_images(tmp_path / "pair.pt").tensors[0], x)
+    from safetensors.torch import save_file
+
+    save_file({"inputs": x.contiguous()}, str(tmp_path / "s.safetensors"))  # what `invert` writes
+    assert bool((load_images(tmp_path / "s.safetensors").tensors[1] == -1).all())
+    with pytest.raises(ValueError, match="no labels"):
+        load_images(tmp_path / "s.safetensors", labels_required=True)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_images(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="not an image folder"):
+        load_images(tmp_path / "imgs" / "a")  # images, but no class sub-directories
+    torch.save({"w": x}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="keys"):
+        load_images(tmp_path / "odd.pt")
+
+
+def test_load_images_uses_split_directories(tmp_path):
+    from captum_invert.datasets import load_dataset
+
+    _image_folder(tmp_path / "d" / "train", n_per_class=6)
+    _image_folder(tmp_path / "d" / "test", n_per_class=2)
+    assert len(load_dataset(str(tmp_path / "d"), "train")) == 18
+    assert len(load_dataset(str(tmp_path / "d"), "test")) == 6

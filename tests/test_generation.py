@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from captum_invert import generate
-from captum_invert.datasets import InversionDataset
+from captum_invert.generation import InversionDataset
 from captum_invert.generation import ManifestError, verify_shards
 
 ARGS = dict(targets="0-9", n_per_target=3, method="forward", shard_size=4, seed=0, input_range=(0, 1),

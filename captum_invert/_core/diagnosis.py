@@ -87,6 +87,7 @@ def diagnose(method, x: Tensor, index: Tensor, goal, kind: str, input_range=None
              reference=None) -> List[SampleDiagnosis]:
     """Diagnose the samples ``x`` (``goal`` restricted to them) of ``method`` on its model, which
     must be in eval mode (the caller holds the model guard). One forward and one backward pass."""
+    from ..blocks.plan import caller_names
     from ..solvers.first_order import SURROGATE_ACTIVATIONS
 
     adapter = method.adapter
@@ -96,7 +97,7 @@ def diagnose(method, x: Tensor, index: Tensor, goal, kind: str, input_range=None
     sat: Dict[str, Tuple[str, Tensor]] = {}
     handles = []
     if model is not None:
-        for name, m in model.named_modules():
+        for m, name in caller_names(model).items():
             if isinstance(m, SURROGATE_ACTIVATIONS):
                 def hook(mod, args, out, name=name):
                     a = args[0] if args and isinstance(args[0], Tensor) else None

@@ -99,8 +99,7 @@ class GeneralizedInversion(InversionMethod):
         if self._plan is None:
             g = torch.Generator().manual_seed(0)
             ex = self.adapter.cast(torch.randn((2, *self.input_shape), generator=g))
-            points = [self.adapter.traced_name(p) for p in self.split_points] if self.split_points else None
-            self._plan = InversionPlan(self.adapter.traceable, ex, points, ends_only=True, lp=self.lp)
+            self._plan = InversionPlan(self.adapter.traceable, ex, self.split_points, ends_only=True, lp=self.lp)
         return self._plan
 
     @batched_attribute

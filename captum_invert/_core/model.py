@@ -15,7 +15,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..blocks.plan import LeafTrace, model_mode_guard, trace_leaf_modules
+from ..blocks.plan import LeafTrace, caller_names, model_mode_guard, trace_leaf_modules
 
 __all__ = ["ModelAdapter", "CompiledModel", "JointInputs", "Probe", "OUTPUT_KINDS", "joint_shapes",
            "solver_dtype"]
@@ -179,9 +179,8 @@ def _select(out, select: Selector):
     """One tensor of a model's output: ``select`` an index (tuple / list), a key (dict) or
     ``'.name'`` (an attribute); by default a tensor as is and a ``ModelOutput``'s ``logits``."""
     if select is None:
-        if not isinstance(out, Tensor) and not isinstance(out, (tuple, list, dict)) and isinstance(
-                getattr(out, "logits", None), Tensor):
-            return out.logits  # Hugging Face's ModelOutput
+        if not isinstance(out, Tensor) and isinstance(getattr(out, "logits", None), Tensor):
+            return out.logits  # Hugging Face's ModelOutput (a dict subclass with attributes)
         return out
     if isinstance(select, str) and select.startswith("."):
         return getattr(out, select[1:])
@@ -198,6 +197,10 @@ class _Call(nn.Module):
         self.model = model
         self.joint = JointInputs(nn.Identity(), shapes) if shapes is not None else None
         self.args, self.select = args, select
+
+    def caller_model(self):
+        """The caller's model (whose module names the traces use)."""
+        return self.model
 
     def forward(self, x):
         args = [a.expand(len(x), *a.shape[1:]) if isinstance(a, Tensor) and a.dim() > 0 and len(a) == 1 else a
@@ -278,7 +281,10 @@ class ModelAdapter:
             inner = _FixedBatch(inner, self.fixed_batch)
         #: the caller's ``normalize`` as given (``'auto'`` resolved), and as a module
         self.normalize, norm = _normalizer(inner, normalize, self.input_shape, self.joint_shapes)
-        wrap = self.joint_shapes is not None or self.forward_args or select is not None or norm is not None
+        # an eager module is always wrapped: its output (a ModelOutput, a tuple) becomes one tensor
+        # for the hooks and proofs; the traces keep the caller's module names (caller_model)
+        wrap = (self.joint_shapes is not None or self.forward_args or select is not None or norm is not None
+                or (isinstance(inner, nn.Module) and not self.compiled))
         call = _Call(inner, self.joint_shapes, self.forward_args, select, norm) if wrap else inner
         if not wrap and not isinstance(inner, nn.Module):  # a plain callable: outputs still selected
             call = _Call(inner, None, (), None)
@@ -301,11 +307,6 @@ class ModelAdapter:
         shape = self.joint_shapes if self.joint_shapes is not None else self.input_shape
         return ModelAdapter(self.model, shape, self.output, self.select, self.forward_args + forward_args,
                             self.normalize)
-
-    def traced_name(self, name: str) -> str:
-        """The name under :attr:`traceable` of the caller's module ``name`` (the adapter's wrapper
-        puts the caller's model under ``model.``)."""
-        return f"model.{name}" if isinstance(self.traceable, _Call) and name else name
 
     def flattened(self) -> "ModelAdapter":
         """The same adapter seen as a one-input model of the flat inputs (for a method that
@@ -468,10 +469,10 @@ class ModelAdapter:
     def _shape_error(self, e: Exception) -> str:
         msg = (f"the model does not accept inputs of shape (N, {', '.join(map(str, self.input_shape))}) "
                f"(`input_shape`={self.input_shape}): {type(e).__name__}: {e}")
-        emb = [n for n, m in self.traceable.named_modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+        emb = [n for m, n in caller_names(self.traceable).items() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
                ] if self.traceable is not None else []
         if emb:
-            name = emb[0][len("model."):] if isinstance(self.traceable, _Call) else emb[0]
+            name = emb[0]
             msg += (f". The model has an embedding layer ({name}): its inputs are integer token ids, "
                     "which no gradient method can invert. Invert the embedding's output instead, "
                     f"e.g. LayerInversion(model, layer=model.{name}), or wrap the model so that it "
@@ -525,6 +526,15 @@ def _infer_input_shape(model, input_shape) -> Tuple[Tuple[int, ...], str]:
         cfg = getattr(model, attr, None)
         if isinstance(cfg, dict) and cfg.get("input_size"):
             return _timm_shape(model, tuple(int(v) for v in cfg["input_size"])), f"the model's {attr}['input_size']"
+    cfg = getattr(model, "config", None)  # a Hugging Face model's config
+    channels = getattr(cfg, "num_channels", None)
+    if isinstance(channels, int) and channels > 0:
+        size = getattr(cfg, "image_size", None)
+        if isinstance(size, int) and size > 0:
+            return (channels, size, size), "the Hugging Face config's num_channels and image_size"
+        if isinstance(size, (tuple, list)) and len(size) == 2:
+            return (channels, int(size[0]), int(size[1])), "the Hugging Face config's num_channels and image_size"
+        return (channels, 224, 224), "the Hugging Face config's num_channels, at 224 px (it gives no image_size)"
     if isinstance(model, nn.Module):
         for m in model.modules():
             if isinstance(m, nn.Linear):

@@ -1,6 +1,6 @@
 """Activation patterns of piecewise-linear nets as linear constraints.
 
-Once the pattern of every ReLU, LeakyReLU, Hardtanh/ReLU6 and MaxPool is fixed, a chain of
+Once the pattern of every ReLU, LeakyReLU, PReLU, Hardtanh/ReLU6 and MaxPool is fixed, a chain of
 Linear, Conv, pooling, eval-mode BatchNorm, Flatten and those modules is an affine map of its
 input, and the inputs that keep the pattern form a polytope. :func:`linearize` computes, at one
 input (the *anchor*), that affine map and the rows ``A x <= b`` of the polytope, in float64.
@@ -26,13 +26,13 @@ LP_MAX_ENTRIES = 200_000_000
 
 AFFINE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
                 nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, Normalize)
-KINK_TYPES = (nn.ReLU, nn.LeakyReLU, nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d)  # ReLU6 is a Hardtanh
+KINK_TYPES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d)  # ReLU6 is a Hardtanh
 
 
 def is_piecewise_linear(m: nn.Module) -> bool:
     """True for the module types :func:`linearize` handles."""
     if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
-        return not m.ceil_mode and not getattr(m, "return_indices", False)
+        return not getattr(m, "return_indices", False)
     return isinstance(m, AFFINE_TYPES + KINK_TYPES)
 
 
@@ -64,7 +64,7 @@ def split_piecewise(calls: Sequence) -> Optional[Tuple[list, list]]:
             raise ValueError(
                 f"module '{c.name}' ({type(c.module).__name__}) sits among piecewise-linear layers but is "
                 "not one of them. The linear-programming back-pass handles Linear, Conv1d/2d, ReLU, "
-                "LeakyReLU, Hardtanh/ReLU6, MaxPool1d/2d (no ceil_mode), AvgPool, AdaptiveAvgPool2d, "
+                "LeakyReLU, PReLU, Hardtanh/ReLU6, MaxPool1d/2d, AvgPool, AdaptiveAvgPool2d, "
                 "eval-mode BatchNorm, Flatten, Dropout and Identity. Use ForwardPassInversion or "
                 "GeneralizedInversion, which work on any differentiable model.")
     return calls[:stop], calls[stop:]
@@ -85,7 +85,7 @@ def constraint_count(calls: Sequence) -> int:
     m = 0
     for c in calls:
         mod = c.module
-        if isinstance(mod, (nn.ReLU, nn.LeakyReLU)):
+        if isinstance(mod, (nn.ReLU, nn.LeakyReLU, nn.PReLU)):
             m += _units(c.in_shape)
         elif isinstance(mod, nn.Hardtanh):
             m += 2 * _units(c.in_shape)
@@ -186,12 +186,16 @@ def linearize(calls: Sequence, x0: Tensor) -> Linearization:
                 J = f(J) - f(torch.zeros_like(J[:1]))
             x = y
             continue
-        if isinstance(m, (nn.ReLU, nn.LeakyReLU)):
+        if isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.PReLU)):
             act = x[0] > 0
             pattern[call.name] = act.clone()
             rows_for(x[0], J, torch.where(act, -1.0, 1.0).to(torch.float64), label)
-            slope = 0.0 if isinstance(m, nn.ReLU) else float(m.negative_slope)
-            scale = torch.where(act, 1.0, slope).to(torch.float64)
+            if isinstance(m, nn.PReLU):  # one slope, or one per channel (dimension 1)
+                w = m.weight.detach().to(dtype=torch.float64, device=x.device)
+                slope = w.reshape(-1, *([1] * (x.dim() - 2))) if w.numel() > 1 else w.reshape(())
+            else:
+                slope = torch.tensor(0.0 if isinstance(m, nn.ReLU) else float(m.negative_slope), dtype=torch.float64)
+            scale = torch.where(act, torch.ones((), dtype=torch.float64, device=x.device), slope)
             x, J = x * scale, J * scale
             continue
         if isinstance(m, nn.Hardtanh):
@@ -222,14 +226,17 @@ def linearize(calls: Sequence, x0: Tensor) -> Linearization:
             st = m.stride if two else (1, m.stride)
             pd = m.padding if two else (0, m.padding)
             dl = m.dilation if two else (1, m.dilation)
-            y, idx = F.max_pool2d(z, ks, st, pd, dl, return_indices=True)
+            y, idx = F.max_pool2d(z, ks, st, pd, dl, ceil_mode=m.ceil_mode, return_indices=True)
             pattern[call.name] = idx[0].clone() if two else idx[0, :, 0].clone()
             # window member indices (in H*W) of every output position; -1 = padding
             ids = torch.arange(H * W, dtype=torch.float64).reshape(1, 1, H, W)
-            k2 = (ks, ks) if isinstance(ks, int) else ks
-            p2 = (pd, pd) if isinstance(pd, int) else pd
-            ids = F.pad(ids, (p2[1], p2[1], p2[0], p2[0]), value=-1.0)
-            win = F.unfold(ids, k2, dilation=dl, stride=st)[0].to(torch.long)  # (k, L)
+            pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+            k2, p2, s2, d2 = pair(ks), pair(pd), pair(st if st is not None else ks), pair(dl)
+            # ceil_mode: the last windows reach past the input; pad them with non-members
+            extra = [max(0, (y.shape[2 + i] - 1) * s2[i] + d2[i] * (k2[i] - 1) + 1 - ((H, W)[i] + 2 * p2[i]))
+                     for i in range(2)]
+            ids = F.pad(ids, (p2[1], p2[1] + extra[1], p2[0], p2[0] + extra[0]), value=-1.0)
+            win = F.unfold(ids, k2, dilation=d2, stride=s2)[0].to(torch.long)  # (k, L)
             L = win.shape[1]
             am = idx[0].reshape(C, L)  # (C, L) argmax index in H*W
             zf = z[0].reshape(C, H * W)

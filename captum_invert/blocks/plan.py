@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +80,17 @@ class model_mode_guard:
         return False
 
 
+def caller_names(model: nn.Module) -> Dict[nn.Module, str]:
+    """Module -> name, as the caller knows them: a wrapper (the model adapter's) whose
+    ``caller_model()`` returns the caller's model names that model's modules without its own
+    prefix; the wrapper's own modules keep their names."""
+    names = {m: n for n, m in model.named_modules()}
+    inner = model.caller_model() if callable(getattr(model, "caller_model", None)) else None
+    if isinstance(inner, nn.Module):
+        names.update({m: n for n, m in inner.named_modules() if n})
+    return names
+
+
 def trace_leaf_modules(model: nn.Module, example: Tensor, rtol: float = 1e-5) -> LeafTrace:
     """Run ``model(example)`` with forward hooks on every leaf module and record the calls.
 
@@ -97,7 +108,7 @@ def trace_leaf_modules(model: nn.Module, example: Tensor, rtol: float = 1e-5) ->
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be an nn.Module to be traced, got {type(model).__name__}")
     trace = LeafTrace()
-    names = {m: n for n, m in model.named_modules()}
+    names = caller_names(model)
     handles = []
 
     def hook(mod, inp, out):
@@ -404,7 +415,8 @@ class InversionPlan:
         w = [max(len(r[c]) for r in rows) for c in range(5)]
         lines = [" | ".join(r[c].ljust(w[c]) for c in range(5)) for r in rows]
         lines.insert(1, "-+-".join("-" * x for x in w))
-        return f"InversionPlan({type(self.model).__name__})\n" + "\n".join(lines)
+        shown = self.model.caller_model() if callable(getattr(self.model, "caller_model", None)) else self.model
+        return f"InversionPlan({type(shown).__name__})\n" + "\n".join(lines)
 
     __repr__ = __str__
 

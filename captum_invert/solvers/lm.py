@@ -51,6 +51,32 @@ class LMResult:
     zero_grad: Optional[Tensor] = None
 
 
+def _autograd_vjp(f, x: Tensor, has_aux: bool = False):
+    """``torch.func.vjp``'s interface on plain autograd."""
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = f(xg)
+    r, aux = out if has_aux else (out, None)
+
+    def back(cot):
+        g = torch.autograd.grad(r, xg, cot, retain_graph=True, allow_unused=True)[0]
+        return (torch.zeros_like(xg) if g is None else g,)
+
+    return (r, back, aux) if has_aux else (r, back)
+
+
+def safe_vjp(f, x: Tensor, has_aux: bool = False):
+    """``torch.func.vjp``, or the same on plain autograd for a model that reads its tensors'
+    data during the forward pass (e.g. onnx2torch's Slice and Reshape, which call ``.numpy()`` on
+    shapes computed from the input), which torch.func's wrapped tensors do not allow."""
+    try:
+        return vjp(f, x, has_aux=has_aux)
+    except RuntimeError as e:
+        if "data pointer" not in str(e) and "storage" not in str(e) and "vmap" not in str(e):
+            raise
+        return _autograd_vjp(f, x, has_aux)
+
+
 def batched_jacobian(f: Callable[[Tensor], Tensor], x: Tensor, mode: str = "auto",
                      has_aux: bool = False):
     """Per-sample Jacobians of ``f: (B, n) -> (B, m)``, assuming samples do not interact.
@@ -72,17 +98,20 @@ def batched_jacobian(f: Callable[[Tensor], Tensor], x: Tensor, mode: str = "auto
     if mode not in ("auto", "reverse", "forward"):
         raise ValueError(f"`mode` must be 'auto', 'reverse' or 'forward', got {mode!r}")
     if has_aux:
-        r, vjp_fn, aux = vjp(f, x, has_aux=True)
+        r, vjp_fn, aux = safe_vjp(f, x, has_aux=True)
         aux = aux.detach()
         if mode == "forward" or (mode == "auto" and r.shape[1] > n):
             return (*batched_jacobian(lambda z: f(z)[0], x, "forward"), aux)
         return (*_reverse(r, vjp_fn), aux)
-    r, vjp_fn = vjp(f, x)
+    r, vjp_fn = safe_vjp(f, x)
     m = r.shape[1]
     if mode == "reverse" or (mode == "auto" and m <= n):
         return _reverse(r, vjp_fn)
     eye = torch.eye(n, dtype=x.dtype, device=x.device)[:, None, :].expand(n, B, n)
-    J = vmap(lambda t: jvp(f, (x,), (t,))[1])(eye).permute(1, 2, 0)
+    try:
+        J = vmap(lambda t: jvp(f, (x,), (t,))[1])(eye).permute(1, 2, 0)
+    except RuntimeError:  # a model torch.func cannot run: n reverse products instead
+        return _reverse(r, vjp_fn)
     return r.detach(), J.detach()
 
 
@@ -353,7 +382,7 @@ def levenberg_marquardt_cg(
             break
         xa, ra = x[act], r[act]
         f = lambda z: residual_fn(z.view(len(act), *shape), act).reshape(len(act), -1)  # noqa: E731
-        r0, vjp_fn = vjp(f, xa)
+        r0, vjp_fn = safe_vjp(f, xa)
         JT = lambda u: vjp_fn(u)[0]  # noqa: E731
         Jv = _jvp_or_double_vjp(f, xa, JT, r0)
         g = JT(ra)

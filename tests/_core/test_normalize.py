@@ -96,4 +96,4 @@ def test_bad_normalize_is_a_clear_error(nets, normalize, match):
 def test_split_points_use_the_callers_names(nets):
     cnn, _ = nets
     inv = GeneralizedInversion(cnn, input_shape=(3, 16, 16), normalize=(MEAN, STD), split_points=["3"], lp=False)
-    assert any(b.calls[0].name == "model.3" for b in inv.plan.blocks)
+    assert any(b.calls[0].name == "3" for b in inv.plan.blocks)

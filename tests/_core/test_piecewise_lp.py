@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -174,3 +176,56 @@ def test_linearize_handles_hardtanh_leaky_relu_and_maxpool1d():
     assert 0 < int(inside.sum()) < 400  # some points leave the pattern, some keep it
     with torch.no_grad():
         assert torch.allclose(net(pts[inside].reshape(-1, 1, 16)), pts[inside] @ lin.G.T + lin.h, atol=1e-10)
+
+
+def _prelu_ceil_nets():
+    torch.manual_seed(3)
+    # odd sizes, so that ceil_mode adds a window the floor would drop: 25 -> 13, 11 -> 6
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.PReLU(4), nn.MaxPool2d(2, ceil_mode=True),
+                         nn.Conv2d(4, 4, 3), nn.PReLU(), nn.MaxPool2d(2, ceil_mode=True),
+                         nn.Flatten(), nn.Linear(144, 10))
+    one_d = nn.Sequential(nn.Conv1d(1, 3, 3), nn.PReLU(3), nn.MaxPool1d(2, ceil_mode=True), nn.Flatten(),
+                          nn.Linear(3 * 13, 10))  # 27 -> 25 -> 13
+    for net in (conv, one_d):
+        for m in net.modules():
+            if isinstance(m, nn.PReLU):
+                m.weight.data.uniform_(-0.3, 0.4)  # negative slopes too: still piecewise-linear
+    return {"conv": (conv.eval(), (1, 27, 27)), "one_d": (one_d.eval(), (1, 27))}
+
+
+@pytest.mark.parametrize("name", ["conv", "one_d"])
+def test_linearize_prelu_and_ceil_mode_is_the_net_on_its_region(name):
+    net, shape = _prelu_ceil_nets()[name]
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(shape, generator=g)
+    lin = linearize(trace_leaf_modules(net, x0[None]).calls, x0)
+    xf = x0.reshape(-1).double()
+    assert bool((lin.A @ xf <= lin.b + 1e-12).all())
+    close = xf + 1e-6 * torch.randn(200, xf.numel(), generator=g, dtype=torch.float64)
+    inside = ((close @ lin.A.T) <= lin.b).all(1)
+    assert int(inside.sum()) > 0
+    net64 = copy.deepcopy(net).double()
+    with torch.no_grad():
+        out = net64(close[inside].reshape(-1, *shape))
+        assert torch.allclose(out, close[inside] @ lin.G.T + lin.h, atol=1e-9)
+        # a far point leaves the pattern: the rows say so, and the map no longer holds there
+        far = xf + 0.5 * torch.randn(1, xf.numel(), generator=g, dtype=torch.float64)
+        if not bool(((far @ lin.A.T) <= lin.b).all()):
+            assert not torch.allclose(net64(far.reshape(-1, *shape)), far @ lin.G.T + lin.h, atol=1e-6)
+    pools = [n for n, m in net.named_modules() if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d))]
+    assert set(pools) <= set(lin.pattern)
+
+
+def test_prelu_and_ceil_mode_nets_take_the_lp_route_and_regions_verify():
+    net, shape = _prelu_ceil_nets()["conv"]
+    with torch.no_grad():
+        net[-1].weight.mul_(20)  # an untrained net: make its classes reachable
+    inv = BackwardPassInversion(net, input_shape=shape)
+    x = inv.attribute(target=[2, 6], seed=0, input_range=BOX)
+    assert inv.last_stats["route"] == "lp"
+    assert bool((net(x).softmax(1)[torch.arange(2), torch.tensor([2, 6])] >= 0.9).all())
+    reg = inv.region(2, seed=0, input_range=BOX)
+    pts = torch.cat([reg.ball_points(50, seed=1).reshape(50, -1), reg.sample(50, seed=2).reshape(50, -1)])
+    with torch.no_grad():
+        p = net(pts.reshape(-1, *shape).float()).softmax(1)[:, 2]
+    assert float(p.min()) >= 0.9
