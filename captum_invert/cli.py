@@ -459,6 +459,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     g.add_argument("--shard-size", type=int, default=64)
     g.add_argument("--input-shape", default=None, help="one input without the batch dimension, e.g. 1,28,28")
     g.add_argument("--input-range", default=None, help="the box every input stays in, e.g. 0,1 or -1,1")
+    g.add_argument("--normalize", default="auto", help="as for invert: auto, none, imagenet or MEAN/STD")
+    g.add_argument("--num-classes", type=int, default=None, help="classes of a timm:/torchvision: model")
+    g.add_argument("--in-chans", type=int, default=None, help="input channels of a timm: model")
     g.add_argument("--min-prob", type=float, default=0.9)
     g.add_argument("--atol", type=float, default=0.02)
     g.add_argument("--max-iter", type=int, default=30)
@@ -475,6 +478,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                    "per class; train/ and test/ sub-directories are used when present, else an 80/20 split) "
                    "or a tensor file (.pt / .safetensors / .npz with images and labels); images in [0, 1]")
     h.add_argument("--data-root", default=None, help="directory of MNIST IDX files (or set CAPTUM_INVERT_MNIST)")
+    h.add_argument("--num-classes", type=int, default=None, help="classes of a timm:/torchvision: model")
+    h.add_argument("--in-chans", type=int, default=None, help="input channels of a timm: model")
+    h.add_argument("--normalize", default="auto", help="as for invert: auto, none, imagenet or MEAN/STD; the data "
+                   "stays in pixel space and the model sees it normalised (the judge sees pixels)")
     h.add_argument("--judge", default=None, help="the independent criterion: a classifier in any MODEL form "
                    "(default: train the built-in judge CNN on the data)")
     h.add_argument("--judge-weights", default=None, help="a state dict for a package.module:factory judge")
@@ -532,7 +539,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _generate(args) -> int:
-    from .checkpoint import _shape
+    from .checkpoint import _shape, parse_normalize
     from .generation import ManifestError, generate
 
     try:
@@ -543,7 +550,8 @@ def _generate(args) -> int:
         m = generate(args.model, args.out, args.targets, args.n_per_target, args.method, args.shard_size,
                      args.seed, _shape(args.input_range, "--input-range", 2, float),
                      _shape(args.input_shape, "--input-shape"), args.weights, args.min_prob, args.atol,
-                     args.max_iter, progress=not args.no_progress)
+                     args.max_iter, progress=not args.no_progress, normalize=parse_normalize(args.normalize),
+                     num_classes=args.num_classes, in_chans=args.in_chans)
     except (ValueError, FileNotFoundError, ImportError, ManifestError) as e:
         print(f"captum-invert: error: {_as_flags(str(e))}", file=sys.stderr)
         return 2
@@ -556,7 +564,8 @@ def _generate(args) -> int:
 def _harden(args) -> int:
     import torch
 
-    from .checkpoint import load_model
+    from .blocks.normalize import Normalize
+    from .checkpoint import load_model, parse_normalize
     from .datasets import load_dataset
     from .hardening import harden
     from .models import accuracy, train_judge
@@ -568,9 +577,13 @@ def _harden(args) -> int:
                              "--adam-steps and --judge-epochs >= 1")
         if args.no_judge and args.judge:
             raise ValueError("--no-judge and --judge exclude each other")
-        model, info = load_model(args.model, args.weights)
+        norm = parse_normalize(args.normalize)
+        model, info = load_model(args.model, args.weights, num_classes=args.num_classes, in_chans=args.in_chans)
         tr = load_dataset(args.dataset, "train", args.data_root)
         te = load_dataset(args.dataset, "test", args.data_root)
+        norm = info.get("normalize") if norm == "auto" else norm
+        if norm is not None:  # fine-tune the model behind its normalisation, on pixel data
+            model = torch.nn.Sequential(Normalize(norm[0], norm[1], tuple(tr.tensors[0].shape[1:])), model)
         if args.no_judge:
             judge = None
         elif args.judge:
@@ -583,12 +596,12 @@ def _harden(args) -> int:
                                   attack_per_class=args.attack_per_class, adam_steps=args.adam_steps,
                                   seed=args.seed, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"captum-invert: error: {e}", file=sys.stderr)
+        print(f"captum-invert: error: {_as_flags(str(e))}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(hardened.state_dict(), out / "hardened_state_dict.pt")
-    meta = {"model": info, "dataset": args.dataset, "criterion": "judge" if judge is not None else "distance",
+    torch.save((hardened[1] if norm is not None else hardened).state_dict(), out / "hardened_state_dict.pt")
+    meta = {"model": info, "dataset": args.dataset, "normalize": [list(v) for v in norm] if norm else None, "criterion": "judge" if judge is not None else "distance",
             "judge_accuracy": accuracy(judge, te) if judge is not None else None,
             "seconds": round(time.perf_counter() - t0, 1), "rounds": report.rounds,
             "arguments": {k: v for k, v in vars(args).items() if k != "command"}}

@@ -144,7 +144,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 def generate(model, out, targets, n_per_target: int, method: str = "generalized", shard_size: int = 64,
              seed: int = 0, input_range=None, input_shape: Optional[Sequence[int]] = None, weights=None,
              min_prob: float = 0.9, atol: float = 0.02, max_iter: int = 30, max_attempts: int = 3,
-             progress: bool = False, _stop_after: Optional[int] = None) -> dict:
+             progress: bool = False, _stop_after: Optional[int] = None, *, normalize="auto",
+             num_classes: Optional[int] = None, in_chans: Optional[int] = None) -> dict:
     """Generate verified inversions of every target into shards under ``out``.
 
     Runs as one process, or as one rank of ``torch.distributed`` (initialized by the caller, or
@@ -166,6 +167,11 @@ def generate(model, out, targets, n_per_target: int, method: str = "generalized"
             attempt's stream. What still fails is left out of the shard and counted in the
             manifest (``failed``): unverified samples are never written.
         progress (bool): a progress bar over this rank's shards.
+        normalize: ``(mean, std)`` of a model that expects normalised inputs (the samples stay
+            in pixel space), None, or ``'auto'``: what the model file's format records (see
+            :func:`~captum_invert.checkpoint.load_model`; none for a module).
+        num_classes, in_chans: a ``timm:`` / ``torchvision:`` model's options (see
+            :func:`~captum_invert.checkpoint.load_model`).
 
     Returns:
         dict: the manifest (rank 0), or this rank's shard records (other ranks).
@@ -184,15 +190,22 @@ def generate(model, out, targets, n_per_target: int, method: str = "generalized"
     for name, v in (("n_per_target", n_per_target), ("shard_size", shard_size), ("max_attempts", max_attempts)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"`{name}` must be an int >= 1, got {v!r}")
+    info: dict = {}
     if isinstance(model, (str, Path)):
         spec = str(model)
-        net, info = load_model(spec, weights)
+        net, info = load_model(spec, weights, num_classes=num_classes, in_chans=in_chans)
         mhash = info.get("sha256") or model_hash(net)
     else:
         spec, net, mhash = type(model).__name__, model, model_hash(model)
+    if isinstance(mhash, dict):  # a directory's files
+        mhash = hashlib.sha256(json.dumps(mhash, sort_keys=True).encode()).hexdigest()
+    if isinstance(normalize, str) and normalize == "auto":
+        normalize = info.get("normalize")
+    if input_shape is None and info.get("input_shape"):
+        input_shape = tuple(info["input_shape"])
     cls = {"forward": ForwardPassInversion, "generalized": GeneralizedInversion,
            "backward": BackwardPassInversion}[method]
-    inv = cls(net, input_shape=input_shape)
+    inv = cls(net, input_shape=input_shape, normalize=normalize)
     probe = inv.adapter.probe()
     kind, n_classes = probe.kind, probe.n_classes
     tg = parse_targets(targets, n_classes)
@@ -203,6 +216,8 @@ def generate(model, out, targets, n_per_target: int, method: str = "generalized"
               "n_per_target": n_per_target, "shard_size": shard_size, "seed": seed, "input_range": box,
               "input_shape": list(inv.input_shape), "min_prob": min_prob, "atol": atol, "max_iter": max_iter,
               "max_attempts": max_attempts, "captum_invert": __version__}
+    if inv.adapter.normalize is not None:  # older manifests have no such key
+        config["normalize"] = [list(v) for v in inv.adapter.normalize]
     rank, world, owned = _dist_info()
     outp = Path(out)
     sdir = outp / "shards"

@@ -66,7 +66,8 @@ def test_harden_on_an_image_folder(tmp_path, user_net, user_factory):
     root = _image_folder(tmp_path / "imgs", n_per_class=20, classes=tuple("abcdefghij"))
     out = tmp_path / "o"
     args = [a if a != "digits" else str(root) for a in FAST]
+    # a model that expects normalised inputs: the data stays pixels, the saved weights are the model's
     assert main(["harden", "usernets:make", "--weights", str(tmp_path / "w.pt"), "--no-judge",
-                 "--out", str(out)] + args) == 0
+                 "--normalize", "0.5/0.5", "--out", str(out)] + args) == 0
     rep = _check(out, user_net, user_factory.make)
-    assert rep["dataset"] == str(root)
+    assert rep["dataset"] == str(root) and rep["normalize"] == [[0.5], [0.5]]

@@ -121,6 +121,46 @@ def test_torchvision_by_name(tmp_path):
         assert float(ref(_norm(s["inputs"], mean, std)).softmax(1)[:, 0].min()) >= 0.9
 
 
+def test_models_by_name_and_onnx_through_the_python_api(tmp_path, outside_cnn):
+    from captum_invert.checkpoint import load_onnx
+
+    net, info = load_model("torchvision:resnet18", num_classes=4)
+    assert info["kind"] == "torchvision" and info["input_shape"] == (3, 224, 224)
+    with torch.no_grad():
+        net.fc.weight.mul_(30)
+    inv = ForwardPassInversion(net, input_shape=(3, 40, 40), normalize=info["normalize"])
+    x = inv.attribute(target=[1, 3], seed=0, input_range=(0, 1))
+    with torch.no_grad():
+        p = net(_norm(x, *info["normalize"])).softmax(1)
+    assert float(p[0, 1]) >= 0.9 and float(p[1, 3]) >= 0.9
+    net, info = load_model("timm:resnet10t", num_classes=2, in_chans=3)
+    assert info["kind"] == "timm" and len(info["normalize"][0]) == 3
+    with pytest.raises(ValueError, match="--num-classes"):
+        load_model(str(tmp_path / "x.onnx"), num_classes=3)
+    _onnx_ok()
+    _export(outside_cnn, torch.rand(2, 1, 28, 28), tmp_path / "cnn.onnx")
+    onnx_net = load_onnx(str(tmp_path / "cnn.onnx"))
+    x = GeneralizedInversion(onnx_net, input_shape=(1, 28, 28)).attribute(target=[0, 5], seed=0,
+                                                                         input_range=(0, 1))
+    with torch.no_grad():
+        assert bool((outside_cnn(x).softmax(1)[torch.arange(2), torch.tensor([0, 5])] >= 0.9).all())
+
+
+def test_generate_with_a_normalisation(tmp_path, outside_cnn):
+    from captum_invert import generate
+    from captum_invert.generation import InversionDataset
+
+    generate(outside_cnn, tmp_path / "g", [2, 8], 2, method="forward", input_range=(0, 1),
+             input_shape=(1, 28, 28), normalize=((0.3,), (0.4,)))
+    cfg = json.loads((tmp_path / "g" / "config.json").read_text())
+    assert cfg["normalize"] == [[0.3], [0.4]]  # a resumed run with another normalisation is refused
+    ds = InversionDataset(tmp_path / "g")
+    with torch.no_grad():
+        p = outside_cnn((ds.inputs - 0.3) / 0.4).softmax(1)
+    assert bool((p[torch.arange(len(ds)), ds.targets] >= 0.9).all())
+    assert float(ds.inputs.min()) >= 0 and float(ds.inputs.max()) <= 1
+
+
 @pytest.mark.parametrize("spec, extra, match", [
     ("timm:resnet_no_such_net", [], "timm .* has no model 'resnet_no_such_net'"),
     ("torchvision:resnet1800", [], "similar names: .*resnet18"),
