@@ -22,7 +22,7 @@ _WHERE = {
     "PixelImportance": "._core.baselines", "PseudoInverseInversion": "._core.baselines",
     "TopBottomFilter": "._core.baselines", "stability_report": "._core.baselines",
     "InversionPlan": ".blocks.plan", "register_activation": ".blocks", "PreimageRegion": "._core.region",
-    "generate": ".generation", "harden": ".hardening",
+    "generate": ".generation", "harden": ".hardening", "audit": ".auditing", "AuditReport": ".auditing",
 }
 _MODULES = ("priors", "metrics", "visualization", "datasets", "models", "blocks", "solvers", "features")
 

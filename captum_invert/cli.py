@@ -498,7 +498,35 @@ def main(argv: Optional[List[str]] = None) -> int:
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--out", default="harden_out", help="output directory")
     h.add_argument("--no-progress", action="store_true")
+    a = sub.add_parser("audit", help="one HTML report of a model: fooling inputs, prototypes, real data, a "
+                       "distribution target, certified regions, optional hardening")
+    a.add_argument("model", help=MODEL_HELP)
+    a.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+    a.add_argument("--num-classes", type=int, default=None, help="classes of a timm:/torchvision: model")
+    a.add_argument("--in-chans", type=int, default=None, help="input channels of a timm: model")
+    a.add_argument("--normalize", default="auto", help="as for invert: auto, none, imagenet or MEAN/STD")
+    a.add_argument("--data", default=None, help="labelled real inputs: digits, mnist, an image folder (one "
+                   "sub-directory per class) or a tensor file; digits and mnist use their test split")
+    a.add_argument("--data-root", default=None, help="directory of MNIST IDX files (or set CAPTUM_INVERT_MNIST)")
+    a.add_argument("--input-shape", default=None, help="one input without the batch dimension, e.g. 1,28,28")
+    a.add_argument("--input-range", default="0,1", help="the pixel box of every input (default 0,1)")
+    a.add_argument("--judge", default=None, help="an independent classifier in any MODEL form that reads the "
+                   "prototypes")
+    a.add_argument("--judge-weights", default=None, help="a state dict for a package.module:factory judge")
+    a.add_argument("--classes", default=None, help="the classes to audit, e.g. 0-9 or 1,3,7 (default: all, "
+                   "at most 10)")
+    a.add_argument("--per-class", type=int, default=4, help="fooling inputs per class")
+    a.add_argument("--prototypes-per-class", type=int, default=2, help="data-free prototypes per class")
+    a.add_argument("--min-prob", type=float, default=0.9)
+    a.add_argument("--budget-s", type=float, default=None, help="stop starting sections after this many "
+                   "seconds; the page lists what was skipped")
+    a.add_argument("--harden", action="store_true", help="one round of hardening (needs --data), before/after")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", default="audit_out", help="output directory (report.html, report.json)")
+    a.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(_join_signed(list(sys.argv[1:] if argv is None else argv)))
+    if args.command == "audit":
+        return _audit(args)
     if args.command == "harden":
         return _harden(args)
     if args.command == "invert":
@@ -535,6 +563,48 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     print(Path(args.out, f"{stem}.md").read_text())
     print(f"wrote {os.path.join(args.out, figure)}, {stem}.json, {stem}.md")
+    return 0
+
+
+def _audit(args) -> int:
+    from .checkpoint import _shape, load_model, parse_normalize
+
+    try:
+        if min(args.per_class, args.prototypes_per_class + 1) < 1:
+            raise ValueError("--per-class must be >= 1 and --prototypes-per-class >= 0")
+        from .generation import parse_targets
+
+        classes = parse_targets(args.classes, 10 ** 6) if args.classes else None
+        shape = _shape(args.input_shape, "--input-shape")
+        box = _shape(args.input_range, "--input-range", 2, float)
+        norm = parse_normalize(args.normalize)
+        model, info = load_model(args.model, args.weights, num_classes=args.num_classes, in_chans=args.in_chans)
+        shape = shape or (tuple(info["input_shape"]) if info.get("input_shape") else None)
+        norm = info.get("normalize") if norm == "auto" else norm
+        data = None
+        if args.data in ("digits", "mnist"):
+            from .datasets import load_dataset
+
+            data = load_dataset(args.data, "test", args.data_root)
+        elif args.data is not None:
+            from .datasets import load_images
+
+            data = load_images(args.data, "all", image_shape=shape, labels_required=True)
+        judge = load_model(args.judge, args.judge_weights)[0] if args.judge else None
+        from .auditing import audit
+
+        rep = audit(model, data=data, judge=judge, classes=classes, per_class=args.per_class,
+                    prototypes_per_class=args.prototypes_per_class, input_shape=shape, input_range=box,
+                    normalize=norm, min_prob=args.min_prob, budget_s=args.budget_s, harden=args.harden,
+                    seed=args.seed, progress=not args.no_progress, model_info=info)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"captum-invert: error: {_as_flags(str(e))}", file=sys.stderr)
+        return 2
+    paths = rep.save(args.out)
+    d = rep.data
+    print(f"audited {len(d['classes'])} classes in {d['seconds']} s"
+          + (f" ({len(d['skipped'])} sections skipped)" if d["skipped"] else "")
+          + f"; wrote {paths['html']}, {paths['json']}")
     return 0
 
 
