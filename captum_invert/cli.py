@@ -362,6 +362,20 @@ WEIGHTS_HELP = "a state dict (.pt or .safetensors) for the timm:, torchvision: a
 _SIGNED = ("--input-range", "--target", "--normalize")
 
 
+NORMALIZE_HELP = ("the inputs the model expects: auto (what the model's format records: timm's pretrained_cfg, "
+                  "torchvision's weights, a Hugging Face preprocessor config; else none), none, imagenet, or "
+                  "MEAN/STD, e.g. 0.5/0.5 or 0.485,0.456,0.406/0.229,0.224,0.225. Samples stay in pixel space")
+
+
+def _model_arguments(p) -> None:
+    """MODEL and the options that load it, shared by invert, generate, harden and audit."""
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+    p.add_argument("--num-classes", type=int, default=None, help="classes of a timm:/torchvision: model")
+    p.add_argument("--in-chans", type=int, default=None, help="input channels of a timm: model")
+    p.add_argument("--normalize", default="auto", help=NORMALIZE_HELP)
+
+
 def _join_signed(argv: List[str]) -> List[str]:
     """``--input-range -1,1`` as ``--input-range=-1,1``, so that argparse takes the value."""
     out, i = [], 0
@@ -425,14 +439,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--no-autoencoder", action="store_true", help="skip the autoencoder upper bound")
     i = sub.add_parser("invert", help="invert your own model: a TorchScript, .pt2 or ONNX file, timm:NAME, "
                        "torchvision:NAME, hf:DIRECTORY, or package.module:factory with --weights")
-    i.add_argument("model", help=MODEL_HELP)
-    i.add_argument("--weights", default=None, help=WEIGHTS_HELP)
-    i.add_argument("--num-classes", type=int, default=None, help="classes of a timm:/torchvision: model")
-    i.add_argument("--in-chans", type=int, default=None, help="input channels of a timm: model")
-    i.add_argument("--normalize", default="auto", help="the inputs the model expects: auto (what the model's "
-                   "format records: timm's pretrained_cfg, torchvision's weights, a Hugging Face preprocessor "
-                   "config; else none), none, imagenet, or MEAN/STD, e.g. 0.5/0.5 or "
-                   "0.485,0.456,0.406/0.229,0.224,0.225. Samples stay in pixel space")
+    _model_arguments(i)
     i.add_argument("--prior", default=None, help="auto, none, or data:PATH (an image folder or a tensor file "
                    "of reference images): the prior of --method forward / generalized")
     i.add_argument("--method", choices=["forward", "generalized", "backward"], default="generalized")
@@ -451,17 +458,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     i.add_argument("--no-progress", action="store_true")
     g = sub.add_parser("generate", help="verified inversions of every target into shards, resumable; "
                        "runs under torchrun as N ranks")
-    g.add_argument("model", help=MODEL_HELP)
-    g.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+    _model_arguments(g)
     g.add_argument("--method", choices=["forward", "generalized", "backward"], default="generalized")
     g.add_argument("--targets", required=True, help="classes (0-9 or 1,3,7) or a .pt / .json file of distributions")
     g.add_argument("--n-per-target", type=int, required=True)
     g.add_argument("--shard-size", type=int, default=64)
     g.add_argument("--input-shape", default=None, help="one input without the batch dimension, e.g. 1,28,28")
     g.add_argument("--input-range", default=None, help="the box every input stays in, e.g. 0,1 or -1,1")
-    g.add_argument("--normalize", default="auto", help="as for invert: auto, none, imagenet or MEAN/STD")
-    g.add_argument("--num-classes", type=int, default=None, help="classes of a timm:/torchvision: model")
-    g.add_argument("--in-chans", type=int, default=None, help="input channels of a timm: model")
     g.add_argument("--min-prob", type=float, default=0.9)
     g.add_argument("--atol", type=float, default=0.02)
     g.add_argument("--max-iter", type=int, default=30)
@@ -471,17 +474,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     g.add_argument("--no-progress", action="store_true")
     h = sub.add_parser("harden", help="fine-tune a copy of your model against its own undesirable "
                        "inversions; writes the hardened weights and the per-round report")
-    h.add_argument("model", help=MODEL_HELP)
-    h.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+    _model_arguments(h)
     h.add_argument("--dataset", default="digits",
                    help="the clean labelled training data: digits, mnist, an image folder (one sub-directory "
                    "per class; train/ and test/ sub-directories are used when present, else an 80/20 split) "
                    "or a tensor file (.pt / .safetensors / .npz with images and labels); images in [0, 1]")
     h.add_argument("--data-root", default=None, help="directory of MNIST IDX files (or set CAPTUM_INVERT_MNIST)")
-    h.add_argument("--num-classes", type=int, default=None, help="classes of a timm:/torchvision: model")
-    h.add_argument("--in-chans", type=int, default=None, help="input channels of a timm: model")
-    h.add_argument("--normalize", default="auto", help="as for invert: auto, none, imagenet or MEAN/STD; the data "
-                   "stays in pixel space and the model sees it normalised (the judge sees pixels)")
     h.add_argument("--judge", default=None, help="the independent criterion: a classifier in any MODEL form "
                    "(default: train the built-in judge CNN on the data)")
     h.add_argument("--judge-weights", default=None, help="a state dict for a package.module:factory judge")
@@ -500,11 +498,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     h.add_argument("--no-progress", action="store_true")
     a = sub.add_parser("audit", help="one HTML report of a model: fooling inputs, prototypes, real data, a "
                        "distribution target, certified regions, optional hardening")
-    a.add_argument("model", help=MODEL_HELP)
-    a.add_argument("--weights", default=None, help=WEIGHTS_HELP)
-    a.add_argument("--num-classes", type=int, default=None, help="classes of a timm:/torchvision: model")
-    a.add_argument("--in-chans", type=int, default=None, help="input channels of a timm: model")
-    a.add_argument("--normalize", default="auto", help="as for invert: auto, none, imagenet or MEAN/STD")
+    _model_arguments(a)
     a.add_argument("--data", default=None, help="labelled real inputs: digits, mnist, an image folder (one "
                    "sub-directory per class) or a tensor file; digits and mnist use their test split")
     a.add_argument("--data-root", default=None, help="directory of MNIST IDX files (or set CAPTUM_INVERT_MNIST)")

@@ -83,93 +83,81 @@ def _images(report, section: str, box, label: Optional[str] = None, limit: int =
     return f'<div class="gallery">{"".join(rows)}</div>' if rows else '<p class="note">none verified or section skipped</p>'
 
 
+def _note(text: str) -> str:
+    return f'<p class="note">{text}</p>'
+
+
+def _section(sid: str, title: str, body: str, intro: str = "") -> str:
+    return f'<section id="{sid}"><h2>{title}</h2>{_note(intro) if intro else ""}{body}</section>'
+
+
 def render_html(report) -> str:
     """The page of an :class:`~captum_invert.auditing.AuditReport`."""
     d = report.data
     s, m = d["settings"], d["model"]
     box = tuple(s["input_range"]) if s.get("input_range") else None
     cls = d["classes"]
-    parts = [f"<h1>captum-invert audit: {html.escape(str(m.get('spec') or m['class']))}</h1>",
-             f'<p class="note">{len(cls)} classes audited of {m["n_classes"]}; {d["seconds"]} s; every image '
-             f"on this page is verified by the model (p &ge; {s['min_prob']} for its class).</p>"]
     flagged = [c["class"] for c in cls if c.get("flag_noise_only")]
-    parts.append('<section id="summary"><h2>Summary</h2>')
-    parts.append(_table(cls, [("class", "class"), ("real_reach", "real inputs reaching p"),
-                              ("fooling_verified", "fooling inputs found"),
-                              ("fooling_ms_per_sample", "ms per fooling input"),
-                              ("fooling_nearest_real_l2", "fooling: L2 to nearest real"),
-                              ("prototypes_verified", "data-free prototypes"),
-                              ("prototypes_judge_read", "judge reads prototype"),
-                              ("prototypes_data_verified", "data-prior prototypes"),
-                              ("flag_noise_only", "noise reaches, no real input does")]))
+    summary = _table(cls, [("class", "class"), ("real_reach", "real inputs reaching p"),
+                           ("fooling_verified", "fooling inputs found"),
+                           ("fooling_ms_per_sample", "ms per fooling input"),
+                           ("fooling_nearest_real_l2", "fooling: L2 to nearest real"),
+                           ("prototypes_verified", "data-free prototypes"),
+                           ("prototypes_judge_read", "judge reads prototype"),
+                           ("prototypes_data_verified", "data-prior prototypes"),
+                           ("flag_noise_only", "noise reaches, no real input does")])
     if flagged:
-        parts.append(f'<p class="flag">Classes that noise reaches but no real input does: '
-                     f"{', '.join(map(str, flagged))}</p>")
-    parts.append("</section>")
-    parts.append('<section id="fooling"><h2>Fooling inputs</h2><p class="note">ForwardPassInversion from '
-                 "uniform random starts inside the box, no prior: inputs the model accepts with confidence. "
-                 "How cheaply they are found measures its fragility.</p>")
+        summary += (f'<p class="flag">Classes that noise reaches but no real input does: '
+                    f"{', '.join(map(str, flagged))}</p>")
     f = d.get("fooling") or {}
-    if f:
-        ps = f.get("passes") or {}
-        parts.append(f'<p class="note">{f.get("seconds")} s in all; Levenberg-Marquardt steps per sample: '
-                     f"{_fmt(ps.get('mean_iterations'))}; restarts: {_fmt(ps.get('restarts'))}.</p>")
-    parts.append(_images(report, "fooling", box) + "</section>")
-    parts.append('<section id="prototypes"><h2>Prototypes</h2><p class="note">Data-free '
-                 "(<code>prior='auto'</code>): what the model draws for a class from the checkpoint alone.</p>")
-    parts.append(_images(report, "prototypes", box))
+    ps = f.get("passes") or {}
+    fooling = (_note(f"{f.get('seconds')} s in all; Levenberg-Marquardt steps per sample: "
+                     f"{_fmt(ps.get('mean_iterations'))}; restarts: {_fmt(ps.get('restarts'))}.") if f else "")
+    protos = _images(report, "prototypes", box)
     if any(k == "prototypes_data" for k, _ in report.images):
-        parts.append('<p class="note">With a prior of the real data (<code>DataPrior</code>):</p>')
-        parts.append(_images(report, "prototypes_data", box))
-    parts.append("</section>")
-    parts.append('<section id="real-data"><h2>Real data</h2>')
-    rd = d.get("real_data")
-    if rd:
-        parts.append(f"<p>{rd['n']} labelled inputs; accuracy {_fmt(rd['accuracy'])}. Per class, the share "
-                     f"of its real inputs the model gives p &ge; {s['min_prob']} is in the summary.</p>")
-    else:
-        parts.append('<p class="note">No data given (<code>--data</code>).</p>')
-    parts.append("</section>")
-    parts.append('<section id="distribution"><h2>Distribution target</h2>')
-    dist = d.get("distribution")
+        protos += _note("With a prior of the real data (<code>DataPrior</code>):")
+        protos += _images(report, "prototypes_data", box)
+    rd, dist, regs, hd = d.get("real_data"), d.get("distribution"), d.get("regions"), d.get("hardening")
     if dist:
         a, b = dist["classes"]
-        parts.append(f"<p>Classes {a} and {b} (chosen by {html.escape(dist['chosen_by'])}), target "
+        dist_body = (f"<p>Classes {a} and {b} (chosen by {html.escape(dist['chosen_by'])}), target "
                      f"{dist['target']}: {'reachable' if dist['reachable'] else 'not reached'}, "
-                     f"{dist['verified']} of {dist['requested']} verified in {dist['seconds']} s.</p>")
-        parts.append(_images(report, "distribution", box, label="0.5/0.5 with"))
-    else:
-        parts.append('<p class="note">Skipped.</p>')
-    parts.append("</section>")
-    parts.append('<section id="regions"><h2>Certified regions</h2><p class="note">For piecewise-linear '
-                 "nets: a polytope around one sample per class, every point of which the model maps to the "
-                 "class; the radius of its largest inscribed ball (L2, pixel space).</p>")
-    regs = d.get("regions")
-    if regs:
-        parts.append(_table([{"class": k, **v} for k, v in regs.items()],
-                            [("class", "class"), ("radius_l2", "radius (L2)"), ("dim", "dimension"),
-                             ("seconds", "seconds"), ("error", "error")]))
-    else:
-        parts.append('<p class="note">Not a piecewise-linear net, or skipped (see below).</p>')
-    parts.append("</section>")
-    parts.append('<section id="hardening"><h2>Hardening</h2>')
-    hd = d.get("hardening")
-    if hd:
-        parts.append(_table(hd["rounds"], [("round", "round"), ("clean_accuracy", "clean accuracy"),
-                                           ("lm_undesirable", "LM undesirable"),
-                                           ("adam_undesirable", "Adam undesirable"), ("kept", "kept"),
-                                           ("seconds", "seconds")]))
-    else:
-        parts.append('<p class="note">Not run (<code>--harden</code>, with data).</p>')
-    parts.append("</section>")
-    parts.append('<section id="settings"><h2>Settings</h2>')
+                     f"{dist['verified']} of {dist['requested']} verified in {dist['seconds']} s.</p>"
+                     + _images(report, "distribution", box, label="0.5/0.5 with"))
     rows = [{"setting": k, "value": v if not isinstance(v, (list, dict)) else str(v)} for k, v in
             {**{f"model.{k}": v for k, v in m.items()}, **s}.items()]
-    parts.append(_table(rows, [("setting", "setting"), ("value", "value")]))
-    if d.get("skipped"):
-        parts.append("<p>Skipped:</p><ul>" + "".join(
-            f"<li>{html.escape(x['section'])}: {html.escape(x['reason'])}</li>" for x in d["skipped"]) + "</ul>")
-    parts.append("</section>")
+    skipped = ("<p>Skipped:</p><ul>" + "".join(f"<li>{html.escape(x['section'])}: {html.escape(x['reason'])}</li>"
+                                                for x in d["skipped"]) + "</ul>") if d.get("skipped") else ""
+    parts = [
+        f"<h1>captum-invert audit: {html.escape(str(m.get('spec') or m['class']))}</h1>",
+        _note(f"{len(cls)} classes audited of {m['n_classes']}; {d['seconds']} s; every image on this page is "
+              f"verified by the model (p &ge; {s['min_prob']} for its class)."),
+        _section("summary", "Summary", summary),
+        _section("fooling", "Fooling inputs", fooling + _images(report, "fooling", box),
+                 "ForwardPassInversion from uniform random starts inside the box, no prior: inputs the model "
+                 "accepts with confidence. How cheaply they are found measures its fragility."),
+        _section("prototypes", "Prototypes", protos,
+                 "Data-free (<code>prior='auto'</code>): what the model draws for a class from the checkpoint "
+                 "alone."),
+        _section("real-data", "Real data",
+                 f"<p>{rd['n']} labelled inputs; accuracy {_fmt(rd['accuracy'])}. Per class, the share of its real "
+                 f"inputs the model gives p &ge; {s['min_prob']} is in the summary.</p>" if rd else
+                 _note("No data given (<code>--data</code>).")),
+        _section("distribution", "Distribution target", dist_body if dist else _note("Skipped.")),
+        _section("regions", "Certified regions",
+                 _table([{"class": k, **v} for k, v in regs.items()],
+                        [("class", "class"), ("radius_l2", "radius (L2)"), ("dim", "dimension"),
+                         ("seconds", "seconds"), ("error", "error")]) if regs else
+                 _note("Not a piecewise-linear net, or skipped (see below)."),
+                 "For piecewise-linear nets: a polytope around one sample per class, every point of which the "
+                 "model maps to the class; the radius of its largest inscribed ball (L2, pixel space)."),
+        _section("hardening", "Hardening",
+                 _table(hd["rounds"], [("round", "round"), ("clean_accuracy", "clean accuracy"),
+                                       ("lm_undesirable", "LM undesirable"), ("adam_undesirable", "Adam undesirable"),
+                                       ("kept", "kept"), ("seconds", "seconds")]) if hd else
+                 _note("Not run (<code>--harden</code>, with data).")),
+        _section("settings", "Settings", _table(rows, [("setting", "setting"), ("value", "value")]) + skipped),
+    ]
     body = "\n".join(parts)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
