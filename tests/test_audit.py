@@ -109,10 +109,13 @@ def test_the_command_line_on_an_image_folder(tmp_path, outside_cnn):
     torch.jit.save(torch.jit.script(outside_cnn), str(path))
     out = tmp_path / "audit"
     assert main(["audit", str(path), "--data", str(root), "--classes", "1,2", "--per-class", "2",
-                 "--prototypes-per-class", "0", "--out", str(out), "--no-progress"]) == 0
+                 "--prototypes-per-class", "1", "--judge", str(path), "--out", str(out), "--no-progress"]) == 0
     d = json.loads((out / "report.json").read_text())
     assert d["model"]["kind"] == "torchscript" and d["real_data"]["n"] == 20
     assert [c["fooling_verified"] for c in d["classes"]] == [2, 2]
+    # the model as its own judge reads every verified prototype as its class
+    assert all(c["prototypes_judge_read"] == 1.0 for c in d["classes"] if c["prototypes_verified"])
+    assert d["settings"]["judge"] is not None
     assert (out / "report.html").stat().st_size > 1000
 
 
