@@ -65,7 +65,7 @@ GREY = {"mlp": "6-layer SELU MLP", "cnn": "BatchNorm CNN", "vit": "ViT (3 blocks
 COLOUR = {"resnet": "resnet18 (torchvision)", "cvit": "vit (timm)", "convnext": "convnext_atto (timm)"}
 COLOUR_CFG = {"resnet": TrainConfig(epochs=6, lr=1e-3, optimizer="adam"),
               "cvit": TrainConfig(epochs=15, lr=1e-3, optimizer="adamw"),
-              "convnext": TrainConfig(epochs=4, lr=1e-3, optimizer="adamw", batch_size=128)}
+              "convnext": TrainConfig(epochs=20, lr=3e-4, optimizer="adamw", weight_decay=0.05)}
 
 
 def grey_net(key, tr):

@@ -30,6 +30,11 @@ def _coarse(x: Tensor) -> Tensor:
 
 #: The data-free recipe of ``prior='auto'`` (see :func:`auto_prior`): shaping options.
 AUTO_STEPS = 1000
+#: the 1/f exponent of prior='auto''s Fourier amplitude: 1/f^2 (Lucid's is 1/f). Measured in
+#: ``benchmarks/prototypes.py`` over exponents 1, 1.5, 2 and 3 on five nets without BatchNorm or
+#: with colour inputs: 2 sits in the plateau (1.5-2) where every net read at least as well as
+#: with 1; 3 is too smooth.
+AUTO_DECAY = 2.0
 AUTO_OPTIONS = {"steps": AUTO_STEPS, "coarse": 0.5, "objective": "ce", "schedule": "cosine", "betas": (0.5, 0.9)}
 
 
@@ -46,8 +51,9 @@ def auto_prior(model, input_shape: Tuple[int, ...], reference: Optional[Tensor] 
       half resolution (coarse to fine), and
 
       - colour images (3 channels), and models without BatchNorm:
-        :class:`~captum_invert.priors.FourierParam` (Lucid's 1/f spectrum, and on colour images
-        Lucid's natural colour decorrelation) at learning rate 0.2, and Plug-In Inversion's
+        :class:`~captum_invert.priors.FourierParam` (a 1/f^2 spectrum, :data:`AUTO_DECAY`; Lucid's
+        is 1/f; and on colour images Lucid's natural colour decorrelation) at learning rate 0.2,
+        and Plug-In Inversion's
         random :class:`~captum_invert.priors.ColorShift` ``(0.1, 0.1)`` among the transforms:
         the natural-image prior;
       - other images (grey, or not 3 channels) on a model with BatchNorm running statistics:
@@ -79,7 +85,7 @@ def auto_prior(model, input_shape: Tuple[int, ...], reference: Optional[Tensor] 
         return Prior(None) + BNStats(0.1) if has_bn else Prior(None)
     if has_bn and input_shape[0] != 3:
         return Prior(PixelParam(), transforms, [BNStats(0.1, first=10.0, form="l2")], lr=0.1, **AUTO_OPTIONS)
-    return Prior(FourierParam(), transforms + [ColorShift(0.1, 0.1)], lr=0.2, **AUTO_OPTIONS)
+    return Prior(FourierParam(decay=AUTO_DECAY), transforms + [ColorShift(0.1, 0.1)], lr=0.2, **AUTO_OPTIONS)
 
 
 def deepinversion_prior(input_shape: Tuple[int, ...], bn_weight: float = 0.01, flips: bool = True,

@@ -44,6 +44,15 @@ def test_auto_prior_picks_its_parts_from_the_model(digit_cnn, digit_nets):
     assert bn.objective == "ce" and bn.coarse == 0.5 and bn.schedule == "cosine"
     plain = auto_prior(digit_nets[2], SHAPE)
     assert isinstance(plain.parameterization(), FourierParam) and not plain.penalties
+    assert plain.parameterization().decay == 2.0
+    # 1/f^2 puts less of the start's energy in high frequencies than Lucid's 1/f
+    def high(decay):
+        p = FourierParam(decay=decay)
+        p.setup(SHAPE, None)
+        x = p.image(p.init(64, torch.Generator().manual_seed(0)))
+        f = torch.fft.rfft2(x - x.mean((2, 3), keepdim=True)).abs().pow(2)
+        return float(f[..., 7:, 7:].sum() / f.sum())
+    assert high(2.0) < 0.5 * high(1.0)
     assert any(isinstance(t, ColorShift) for t in plain.transforms)
     assert not any(isinstance(t, ColorShift) for t in bn.transforms)
     # colour images: the natural-image prior (Lucid's spectrum and colour decorrelation), BatchNorm
