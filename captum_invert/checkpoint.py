@@ -515,9 +515,7 @@ def run_invert(model: str, out: str, target: str, method: str = "generalized", w
             pr = onnx_probabilities(model, fed.detach(), output=None)
             from ._core.goal import parse_target as goal_of
 
-            g = goal_of(goal, None, n_classes, min_prob, atol, n_inputs=len(x))
-            ok = (pr[torch.arange(len(x)), g.labels] >= min_prob) if g.labels is not None else (
-                (pr - g.dist.double()).abs().amax(1) <= atol)
+            ok = goal_of(goal, None, n_classes, min_prob, atol, n_inputs=len(x)).ok(pr)  # verification's rule
             metrics["onnxruntime"] = {"verified": int(ok.sum()), "of": len(x),
                                       "max_prob_gap": float((pr - probs.double()).abs().max())}
         except ImportError as e:

@@ -628,7 +628,7 @@ def _generate(args) -> int:
 def _harden(args) -> int:
     import torch
 
-    from .blocks.normalize import Normalize
+    from .blocks.normalize import normalized
     from .checkpoint import load_model, parse_normalize
     from .datasets import load_dataset
     from .hardening import harden
@@ -646,8 +646,7 @@ def _harden(args) -> int:
         tr = load_dataset(args.dataset, "train", args.data_root)
         te = load_dataset(args.dataset, "test", args.data_root)
         norm = info.get("normalize") if norm == "auto" else norm
-        if norm is not None:  # fine-tune the model behind its normalisation, on pixel data
-            model = torch.nn.Sequential(Normalize(norm[0], norm[1], tuple(tr.tensors[0].shape[1:])), model)
+        model = normalized(model, norm, tuple(tr.tensors[0].shape[1:]))  # fine-tuned on pixel data
         if args.no_judge:
             judge = None
         elif args.judge:

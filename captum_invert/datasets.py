@@ -258,7 +258,7 @@ def _read_folder(p: Path, image_shape):
     from torchvision.transforms.functional import pil_to_tensor, resize
 
     try:
-        folder = ImageFolder(str(p), loader=lambda f: Image.open(f))
+        folder = ImageFolder(str(p))  # the class layout only; the images are read below
     except (FileNotFoundError, RuntimeError) as e:
         raise ValueError(f"`data` {str(p)!r}: not an image folder ({e}); the layout is one sub-directory of "
                          "images per class, e.g. DIR/cat/1.png, DIR/dog/2.png") from e

@@ -277,10 +277,10 @@ class ModelAdapter:
         #: the batch size a ``torch.export`` program was exported with, when it is fixed (run in
         #: chunks of that size, the last one padded)
         self.fixed_batch = exported_input(inner)[0] if self.compiled else None
-        if self.fixed_batch is not None:
-            inner = _FixedBatch(inner, self.fixed_batch)
         #: the caller's ``normalize`` as given (``'auto'`` resolved), and as a module
         self.normalize, norm = _normalizer(inner, normalize, self.input_shape, self.joint_shapes)
+        if self.fixed_batch is not None:
+            inner = _FixedBatch(inner, self.fixed_batch)
         # an eager module is always wrapped: its output (a ModelOutput, a tuple) becomes one tensor
         # for the hooks and proofs; the traces keep the caller's module names (caller_model)
         wrap = (self.joint_shapes is not None or self.forward_args or select is not None or norm is not None

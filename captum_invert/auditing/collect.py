@@ -322,13 +322,9 @@ def audit(model, *, data=None, judge=None, classes: Optional[Sequence[int]] = No
     if harden and clock.allow("hardening"):
         from ..hardening import harden as run_harden
 
-        net = model
-        if normalize is not None:
-            from torch import nn
+        from ..blocks.normalize import normalized
 
-            from ..blocks.normalize import Normalize
-
-            net = nn.Sequential(Normalize(adapter.normalize[0], adapter.normalize[1], adapter.input_shape), model)
+        net = normalized(model, adapter.normalize, adapter.input_shape)
         _, hrep = run_harden(net, data, judge=judge, rounds=1, per_class=max(8, per_class), input_range=box,
                              epochs=1, attack_per_class=max(2, per_class), adam_steps=100, seed=seed)
         rep["hardening"] = {"rounds": hrep.rounds}

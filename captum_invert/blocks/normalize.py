@@ -14,7 +14,7 @@ from typing import Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Normalize", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["Normalize", "normalized", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 #: the ImageNet statistics that timm and torchvision use by default
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,3 +81,12 @@ class Normalize(nn.Module):
     def extra_repr(self) -> str:
         r = lambda t: ", ".join(f"{v:.4g}" for v in t.reshape(-1).tolist())  # noqa: E731
         return f"mean=({r(self.mean)}), std=({r(self.std)})"
+
+
+def normalized(model: nn.Module, normalize, input_shape: Sequence[int]) -> nn.Module:
+    """``model`` behind its normalisation, as one module of pixel inputs
+    (``nn.Sequential(Normalize, model)``; ``model`` itself when ``normalize`` is None), for
+    code that trains or calls the model outside the adapter (hardening)."""
+    if normalize is None:
+        return model
+    return nn.Sequential(Normalize(normalize[0], normalize[1], input_shape), model)

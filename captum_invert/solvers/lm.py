@@ -65,20 +65,29 @@ def _autograd_vjp(f, x: Tensor, has_aux: bool = False):
     return (r, back, aux) if has_aux else (r, back)
 
 
-def safe_vjp(f, x: Tensor, has_aux: bool = False):
+class _SafeVJP:
     """``torch.func.vjp``, or the same on plain autograd for a model that reads its tensors'
     data during the forward pass (e.g. onnx2torch's Slice and Reshape, which call ``.numpy()`` on
-    shapes computed from the input), which torch.func's wrapped tensors do not allow."""
-    try:
-        return vjp(f, x, has_aux=has_aux)
-    except RuntimeError as e:
-        if "data pointer" not in str(e) and "storage" not in str(e) and "vmap" not in str(e):
-            raise
+    shapes computed from the input), which torch.func's wrapped tensors do not allow. One
+    instance per solve: after the first such failure it goes straight to autograd, so the
+    failing forward pass is not paid again on every iteration."""
+
+    def __init__(self) -> None:
+        self.autograd = False
+
+    def __call__(self, f, x: Tensor, has_aux: bool = False):
+        if not self.autograd:
+            try:
+                return vjp(f, x, has_aux=has_aux)
+            except RuntimeError as e:
+                if "data pointer" not in str(e) and "storage" not in str(e) and "vmap" not in str(e):
+                    raise
+                self.autograd = True
         return _autograd_vjp(f, x, has_aux)
 
 
 def batched_jacobian(f: Callable[[Tensor], Tensor], x: Tensor, mode: str = "auto",
-                     has_aux: bool = False):
+                     has_aux: bool = False, _vjp: Optional[_SafeVJP] = None):
     """Per-sample Jacobians of ``f: (B, n) -> (B, m)``, assuming samples do not interact.
 
     Reverse mode costs m vector-Jacobian products on one forward pass, forward mode n
@@ -95,17 +104,18 @@ def batched_jacobian(f: Callable[[Tensor], Tensor], x: Tensor, mode: str = "auto
         shape ``(B, m, n)`` and, with ``has_aux``, ``aux``.
     """
     B, n = x.shape
+    safe_vjp = _vjp or _SafeVJP()
     if mode not in ("auto", "reverse", "forward"):
         raise ValueError(f"`mode` must be 'auto', 'reverse' or 'forward', got {mode!r}")
     if has_aux:
         r, vjp_fn, aux = safe_vjp(f, x, has_aux=True)
         aux = aux.detach()
-        if mode == "forward" or (mode == "auto" and r.shape[1] > n):
-            return (*batched_jacobian(lambda z: f(z)[0], x, "forward"), aux)
+        if not safe_vjp.autograd and (mode == "forward" or (mode == "auto" and r.shape[1] > n)):
+            return (*batched_jacobian(lambda z: f(z)[0], x, "forward", _vjp=safe_vjp), aux)
         return (*_reverse(r, vjp_fn), aux)
     r, vjp_fn = safe_vjp(f, x)
     m = r.shape[1]
-    if mode == "reverse" or (mode == "auto" and m <= n):
+    if safe_vjp.autograd or mode == "reverse" or (mode == "auto" and m <= n):
         return _reverse(r, vjp_fn)
     eye = torch.eye(n, dtype=x.dtype, device=x.device)[:, None, :].expand(n, B, n)
     try:
@@ -203,8 +213,10 @@ def levenberg_marquardt(
     def f_for(idx):
         return lambda z: residual_fn(z.view(len(idx), *shape), idx)
 
+    safe_vjp = _SafeVJP()
+
     def jac(idx, z):
-        out = batched_jacobian(f_for(idx), z, jacobian, has_aux)
+        out = batched_jacobian(f_for(idx), z, jacobian, has_aux, _vjp=safe_vjp)
         return out if has_aux else (*out, None)
 
     # residual and Jacobian at the current points; a trial point is evaluated with its Jacobian
@@ -216,7 +228,7 @@ def levenberg_marquardt(
     def trial(idx, z, J_old):
         if not adjoint:
             return jac(idx, z)
-        out = vjp(f_for(idx), z, has_aux=has_aux)
+        out = safe_vjp(f_for(idx), z, has_aux=has_aux)
         rt, back = out[0].detach(), out[1]
         s_ = rt / rt.norm(dim=1, keepdim=True).clamp_min(torch.finfo(rt.dtype).tiny)
         sJ = back(s_)[0].detach()
@@ -376,6 +388,7 @@ def levenberg_marquardt_cg(
     mu = torch.full((B,), float(damping), dtype=x.dtype, device=dev)
     nu = torch.full((B,), 2.0, dtype=x.dtype, device=dev)
     tiny = torch.finfo(x.dtype).tiny
+    safe_vjp = _SafeVJP()
     for _ in range(max_iter):
         act = (~done).nonzero().squeeze(1)
         if act.numel() == 0:
