@@ -21,8 +21,8 @@ def widths(monkeypatch):
     seen = []
     orig = lm.batched_jacobian
 
-    def spy(f, x, mode="auto", has_aux=False):
-        out = orig(f, x, mode, has_aux)
+    def spy(f, x, mode="auto", has_aux=False, **kw):
+        out = orig(f, x, mode, has_aux, **kw)
         seen.append(out[0].shape[1])
         return out
 
