@@ -17,7 +17,8 @@ from .batching import batched_attribute
 from .base import (
     Goal, InversionMethod, count_reasons, make_generator, random_starts,
 )
-from .region import PreimageRegion, assemble, box_rows, class_rows, dist_rows
+from .forward_pass import ForwardPassInversion
+from .region import NO_REGIONS, PreimageRegion, assemble, box_rows, class_rows, dist_rows
 
 __all__ = ["BackwardPassInversion"]
 
@@ -148,6 +149,7 @@ class BackwardPassInversion(InversionMethod):
         allow_unverified: bool = False,
         reference=None,
         spread: float = 1.0,
+        return_regions: bool = False,
     ):
         r"""Generate inputs that the model maps to ``target``.
 
@@ -183,17 +185,24 @@ class BackwardPassInversion(InversionMethod):
                 ``(inputs, labels)``, e.g. a sample of the training set. Used only when samples
                 fail: the :class:`~captum_invert.InversionError`'s diagnosis then says how many
                 of them (of the target's class) reach the target.
-            spread (float): piecewise-linear nets only: in ``[0, 1]``, how far from the
-                region's Chebyshev centre towards a uniform point of the region each sample
-                lies (see :meth:`PreimageRegion.sample`). The regions are kept in
-                ``self.last_regions`` (one per sample, None where no sample verified; with
-                ``internal_batch_size``, those of the last batch).
+            spread (float): with ``return_regions``: in ``[0, 1]``, how far from the region's
+                Chebyshev centre towards a uniform point of the region each sample lies (see
+                :meth:`PreimageRegion.sample`).
+            return_regions (bool): piecewise-linear nets only. False (default): the samples are
+                the Levenberg-Marquardt roots of the whole net (as
+                :class:`~captum_invert.ForwardPassInversion`, with this method's ``max_iter``
+                and ``init_std``; milliseconds per sample), since a ReLU trunk has no analytic
+                inverse. True: each sample is a point of a certified
+                :class:`~captum_invert.PreimageRegion` around its own anchor (one linear program
+                per sample, about 1,000x the cost), and the regions are returned too (also in
+                ``self.last_regions``: one per sample, None where no sample verified).
 
         Returns:
-            Tensor or (Tensor, Tensor): inputs ``(N, *input_shape)`` in the model's dtype and
-            device; with ``return_convergence_delta``, also ``delta`` ``(N,)``: the max-abs gap
-            between the model's probabilities and the aimed-at distribution (``1 - p_target``
-            for a class target).
+            Tensor, or a tuple: inputs ``(N, *input_shape)`` in the model's dtype and device;
+            with ``return_convergence_delta``, also ``delta`` ``(N,)``: the max-abs gap between
+            the model's probabilities and the aimed-at distribution (``1 - p_target`` for a
+            class target); with ``return_regions``, last, the list of ``N``
+            :class:`~captum_invert.PreimageRegion`.
 
         Raises:
             ValueError: a bad argument, a model that is not an invertible chain, or a target out
@@ -206,26 +215,42 @@ class BackwardPassInversion(InversionMethod):
         n_inputs = self._check_inputs(inputs)
         reference = check_reference(reference, self.input_shape)
         gen = make_generator(seed)
+        if not isinstance(return_regions, bool):
+            raise ValueError(f"`return_regions` must be a bool, got {return_regions!r}")
+        if not 0.0 <= float(spread) <= 1.0:
+            raise ValueError(f"`spread` must be in [0, 1], got {spread}")
         with self.adapter.guard():
             kind, n_classes, trace = self._probe()
             self._need_softmax(kind, "BackwardPassInversion")
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
             tail = self._output_tail(trace)
             self._check_reachable(goal, tail, "BackwardPassInversion", allow_unverified, trace, kind)
-            lp = self._lp_setup(trace, cond_num, margin)
-            if lp is not None:
-                if not 0.0 <= float(spread) <= 1.0:
-                    raise ValueError(f"`spread` must be in [0, 1], got {spread}")
-                return self._run_lp(lp, kind, goal, std, gen, input_range, max_iter, max_retries, init_std,
-                                    inputs, spread, return_convergence_delta, allow_unverified, tail, reference)
+            lp = self._lp_setup(trace, cond_num, margin, need_fit=return_regions)
+            if lp is None and return_regions:
+                raise ValueError(NO_REGIONS.format(what="BackwardPassInversion"))
+            if lp is not None and return_regions:
+                out = self._run_lp(lp, kind, goal, std, gen, input_range, max_iter, max_retries, init_std,
+                                   inputs, spread, return_convergence_delta, allow_unverified, tail, reference)
+                return (*(out if isinstance(out, tuple) else (out,)), list(self.last_regions))
+            if lp is not None:  # no analytic inverse of the trunk: the anchors are the samples
+                inv = self._sibling(ForwardPassInversion, self.input_shape)
+                out = inv.attribute(inputs, goal.labels.tolist() if goal.labels is not None else goal.dist,
+                                    max_iter=max_iter, input_range=input_range, min_prob=min_prob, atol=atol,
+                                    seed=gen, init_std=init_std, max_retries=max_retries,
+                                    return_convergence_delta=return_convergence_delta,
+                                    allow_unverified=allow_unverified, reference=reference)
+                self.last_stats = {"route": "forward_pass", **inv.last_stats}
+                self.last_regions = None
+                return out
             chain = self._chain(trace, cond_num)
             chain.set_boxes(margin, input_range)
             return self._run(chain, kind, goal, std, gen, input_range, max_iter, max_retries,
                              init_std, inputs, return_convergence_delta, allow_unverified, tail, reference)
 
     # --- piecewise-linear nets: linear programming ------------------------------------------
-    def _lp_setup(self, trace: LeafTrace, cond_num: float, margin: float) -> Optional[_LP]:
-        """The LP plan of a model with piecewise-linear modules, or None (a plain chain)."""
+    def _lp_setup(self, trace: LeafTrace, cond_num: float, margin: float, need_fit: bool = True) -> Optional[_LP]:
+        """The LP plan of a model with piecewise-linear modules, or None (a plain chain). A
+        ValueError when its dense LP does not fit, unless ``need_fit`` is False."""
         calls = list(trace.calls)
         if calls and isinstance(calls[-1].module, (nn.Softmax, nn.LogSoftmax)):
             calls = calls[:-1]
@@ -249,12 +274,13 @@ class BackwardPassInversion(InversionMethod):
             head.set_boxes(margin, None)
         d = math.prod(self.input_shape)
         rows = constraint_count(trunk) + 2 * d
-        if not lp_fits(trunk, d):
+        if not lp_fits(trunk, d) and need_fit:
             raise ValueError(
                 f"the piecewise-linear part of this model is too large for the dense linear program: {d} "
                 f"inputs x {rows} constraint rows ({d * rows:.3g} float64 entries; the limit is "
-                f"{LP_MAX_ENTRIES:.3g}). Use GeneralizedInversion or ForwardPassInversion, whose "
-                "Levenberg-Marquardt solver needs no constraint matrix.")
+                f"{LP_MAX_ENTRIES:.3g}), so certified regions are out of reach. Samples without regions "
+                "(return_regions=False, the default; or GeneralizedInversion, ForwardPassInversion) need no "
+                "constraint matrix.")
         return _LP(trunk, head, rows)
 
     def _region_at(self, lp: _LP, anchor: Tensor, goal: Goal, input_range, std: float, gen):
@@ -384,12 +410,10 @@ class BackwardPassInversion(InversionMethod):
         with self.adapter.guard():
             _, _, trace = self._probe()
             if trace is None or self._lp_setup(trace, cond_num, margin) is None:
-                raise ValueError("region() needs a model with piecewise-linear modules (ReLU, MaxPool, Conv, ...); "
-                                 "this model is an analytic chain, whose preimage of a point is an affine set: "
-                                 "use attribute()")
+                raise ValueError(NO_REGIONS.format(what="region()"))
         self.attribute(inputs, target, n_samples=1, std=std, cond_num=cond_num, seed=seed, input_range=input_range,
                        min_prob=min_prob, atol=atol, margin=margin, max_iter=max_iter, max_retries=max_retries,
-                       init_std=init_std)
+                       init_std=init_std, return_regions=True)
         return self.last_regions[0]
 
     def _run(self, chain, kind, goal: Goal, std, gen, input_range, max_iter, max_retries,

@@ -76,9 +76,8 @@ def batched_attribute(fn):
         except InversionError as e:
             e.result, e.partial = adapter.unflat(e.result), adapter.unflat(e.partial)
             raise
-        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor) and a.get(
-                "return_convergence_delta", False):
-            return adapter.unflat(out[0]), out[1]
+        if isinstance(out, tuple):  # (inputs, delta and/or regions)
+            return (adapter.unflat(out[0]), *out[1:])
         return adapter.unflat(out)
 
     def wrapper(self, *args, additional_forward_args=None, internal_batch_size=None, show_progress: bool = False,
@@ -115,7 +114,8 @@ def batched_attribute(fn):
             return fn(self, **a)
         gen = make_generator(a.get("seed"))
         want_delta, allow = a.get("return_convergence_delta", False), a.get("allow_unverified", False)
-        xs, ds, oks, reasons, diag, stats, note = [], [], [], {}, [], {}, ""
+        want_regions = a.get("return_regions", False)
+        xs, ds, oks, regs, reasons, diag, stats, note = [], [], [], [], {}, [], {}, ""
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, desc=type(self).__name__, disable=not show_progress, leave=False)
@@ -130,13 +130,17 @@ def batched_attribute(fn):
                 if "n_samples" in a and (a["n_samples"] is not None or not isinstance(a.get("inputs"), Tensor)):
                     part["n_samples"] = hi - lo
                 try:
-                    x, d = fn(self, **part)
+                    out = fn(self, **part)
+                    x, d = out[0], out[1]
+                    regs.extend(out[2] if want_regions else [])
                     ok = torch.ones(hi - lo, dtype=torch.bool)
                     if allow:  # unverified samples may be among them: ask the model
                         ok = d <= (1 - a.get("min_prob", 0.9)) if _is_class(a.get("target")) else d <= a.get(
                             "atol", 0.02)
                 except InversionError as e:
                     x, d, ok, note = e.result, e.delta, e.verified, e.note or note
+                    if want_regions:
+                        regs.extend(getattr(self, "last_regions", None) or [None] * (hi - lo))
                     for r, k in e.reasons.items():
                         reasons[r] = reasons.get(r, 0) + k
                     for s in e.diagnosis or []:
@@ -155,13 +159,16 @@ def batched_attribute(fn):
         x, d, ok = torch.cat(xs), torch.cat(ds), torch.cat(oks)
         stats["internal_batches"] = len(xs)
         self.last_stats = stats
+        if want_regions:
+            self.last_regions = regs
         if not bool(ok.all()) and not allow:
             name = type(self).__name__
             raise InversionError(
                 f"{name}: {int((~ok).sum())} sample(s) did not verify (pass allow_unverified=True to get them "
                 "anyway, or relax min_prob / atol / input_range).", int(ok.sum()), n, reasons, x, ok, d,
                 diag or None, a.get("min_prob", 0.9), note)
-        return (x, d) if want_delta else x
+        out = (x, d) if want_delta else (x,)
+        return (*out, regs) if want_regions else (out if want_delta else x)
 
     joint.__doc__ = _add_doc(fn.__doc__ or "")
     joint.__signature__ = sig.replace(parameters=list(sig.parameters.values()) + [

@@ -17,6 +17,7 @@ from .diagnosis import check_reference
 from .batching import batched_attribute
 from .base import InversionMethod, count_reasons, make_generator, random_starts
 from .goal import goal_residual
+from .region import NO_REGIONS
 from .solve import escalate, phased_lm
 
 __all__ = ["GeneralizedInversion"]
@@ -49,22 +50,26 @@ class GeneralizedInversion(InversionMethod):
       analytically with null-space noise, exactly as in
       :class:`~captum_invert.BackwardPassInversion` (including ``input_range``).
 
-    Analytic blocks inside the middle are run as part of it. A model that is one analytic block,
-    or a piecewise-linear chain (the plan's ``analytic (LP)`` block, with an optional analytic
-    tail), is handed to :class:`~captum_invert.BackwardPassInversion`, which inverts it by
-    linear programming and returns certified regions (``last_regions``). The whole model verifies every
-    returned sample; failures are restarted from new random points, then
-    :class:`~captum_invert.InversionError`.
+    Analytic blocks inside the middle are run as part of it. A model that is one analytic block
+    is handed to :class:`~captum_invert.BackwardPassInversion`. A piecewise-linear chain (ReLU,
+    Conv, MaxPool, ...) is an opaque block by default: its samples come from Levenberg-Marquardt
+    in milliseconds. Certified regions are asked for: ``attribute(..., return_regions=True)`` or
+    :meth:`region` invert it by linear programming (:class:`~captum_invert.BackwardPassInversion`,
+    about 1,000x the cost per sample). ``print(inv.plan)`` says which route each block takes
+    and why. The whole model verifies every returned sample; failures are restarted from new
+    random points, then :class:`~captum_invert.InversionError`.
 
     Args:
         forward_func (nn.Module): the classifier (its leaf modules are hooked).
         input_shape (tuple of int, optional): shape of one input.
         split_points (sequence of str, optional): module names where blocks must start (see
             :class:`~captum_invert.blocks.plan.InversionPlan`).
-        lp (bool, optional): plan piecewise-linear chains as ``analytic (LP)`` blocks (certified
-            regions, about 0.3-6 s per sample on a 2-core CPU for 28x28 nets). False keeps them
-            opaque: Levenberg-Marquardt, milliseconds per sample, no region. Default: the
-            solver settings' ``lp`` (True).
+        lp (bool, optional): plan piecewise-linear chains as ``analytic (LP)`` blocks, so that
+            every ``attribute`` call goes through linear programming (samples are points of
+            certified regions, kept in ``last_regions``; about 0.3-6 s per sample on a 2-core
+            CPU for 28x28 nets). False keeps them opaque: Levenberg-Marquardt, milliseconds per
+            sample; regions only when asked for (``return_regions=True``, :meth:`region`).
+            Default: the solver settings' ``lp`` (False).
         output, select, solver: see :class:`~captum_invert.InversionMethod`.
     """
 
@@ -123,6 +128,7 @@ class GeneralizedInversion(InversionMethod):
         return_convergence_delta: bool = False,
         allow_unverified: bool = False,
         reference=None,
+        return_regions: bool = False,
     ):
         r"""Generate inputs that the model maps to ``target``.
 
@@ -155,9 +161,14 @@ class GeneralizedInversion(InversionMethod):
                 ``(inputs, labels)``, e.g. a sample of the training set. Used only when samples
                 fail: the :class:`~captum_invert.InversionError`'s diagnosis then says how many
                 of them (of the target's class) reach the target.
+            return_regions (bool): piecewise-linear nets only: also return one certified
+                :class:`~captum_invert.PreimageRegion` per sample; each sample is then a point of
+                its region, by :class:`~captum_invert.BackwardPassInversion`'s linear program
+                (about 1,000x the cost of the default route). Not with ``prior``.
 
         Returns:
-            Tensor or (Tensor, Tensor): inputs ``(N, *input_shape)`` (and ``delta`` ``(N,)``).
+            Tensor or tuple: inputs ``(N, *input_shape)``; with ``return_convergence_delta``
+            also ``delta`` ``(N,)``; with ``return_regions``, last, the list of ``N`` regions.
         """
         self._check_analytic_args(std, cond_num, margin)
         self._check_solver_args(max_iter, max_retries, init_std)
@@ -165,8 +176,25 @@ class GeneralizedInversion(InversionMethod):
         n_inputs = self._check_inputs(inputs)
         reference = check_reference(reference, self.input_shape)
         gen = make_generator(seed)
+        if not isinstance(return_regions, bool):
+            raise ValueError(f"`return_regions` must be a bool, got {return_regions!r}")
+        if return_regions and prior is not None:
+            raise ValueError("`return_regions=True` cannot be combined with `prior`: a region's samples are "
+                             "hit-and-run points of a polytope, not images shaped by a prior. Pass prior=None, or "
+                             "return_regions=False")
+        if return_regions and self.adapter.traceable is None:
+            raise ValueError(NO_REGIONS.format(what="GeneralizedInversion"))
         prior = resolve_prior(prior, self.adapter.module, self.input_shape)
         self.last_stats = {}
+        if return_regions:
+            inv = self._sibling(BackwardPassInversion, self.input_shape)
+            out = inv.attribute(inputs, target, n_samples=n_samples, std=std, cond_num=cond_num, seed=gen,
+                                input_range=input_range, min_prob=min_prob, atol=atol, margin=margin,
+                                max_iter=max(max_iter, 50), max_retries=max_retries, init_std=init_std,
+                                return_convergence_delta=return_convergence_delta,
+                                allow_unverified=allow_unverified, reference=reference, return_regions=True)
+            self.last_stats, self.last_regions = {**inv.last_stats}, inv.last_regions
+            return out
         with self.adapter.guard():
             kind, n_classes, trace = self._probe()
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
@@ -178,7 +206,9 @@ class GeneralizedInversion(InversionMethod):
             binary = kind.startswith("binary")
             one_analytic = not compiled and len(blocks) == 1 and blocks[0].kind == "analytic"
             lp_route = not compiled and blocks[0].kind == "lp"
-            if compiled or (prior is not None or binary) and (one_analytic or lp_route):
+            # a piecewise-linear chain: the whole model by LM (see InversionPlan.route)
+            whole = compiled or (not lp_route and self.plan.piecewise)
+            if whole or (prior is not None or binary) and (one_analytic or lp_route):
                 inv = self._sibling(ForwardPassInversion, self.input_shape)
                 out = inv.attribute(inputs, tgt, max_iter=max_iter, input_range=input_range, min_prob=min_prob,
                                     atol=atol, seed=gen, init_std=init_std, max_retries=max_retries, prior=prior,
@@ -192,12 +222,29 @@ class GeneralizedInversion(InversionMethod):
                                     min_prob=min_prob, atol=atol, margin=margin, max_iter=max_iter,
                                     max_retries=max_retries, init_std=init_std,
                                     return_convergence_delta=return_convergence_delta,
-                                    allow_unverified=allow_unverified, reference=reference)
+                                    allow_unverified=allow_unverified, reference=reference,
+                                    return_regions=lp_route)  # lp=True: every call by the LP, regions kept
+                if lp_route:
+                    out = out[:-1] if return_convergence_delta else out[0]
                 self.last_stats = {"route": "backward_pass", **inv.last_stats}
+                self.last_regions = getattr(inv, "last_regions", None)
                 return out
             return self._run(goal, kind, std, cond_num, max_iter, input_range, margin, gen,
                              init_std, max_retries, inputs, return_convergence_delta, allow_unverified,
                              prior, reference)
+
+    def region(self, target, **kwargs):
+        r"""A certified preimage region of a piecewise-linear net (ReLU, Conv, MaxPool, ..., with
+        an optional analytic head): :meth:`BackwardPassInversion.region
+        <captum_invert.BackwardPassInversion.region>` on this method's model, normalisation and
+        solver settings; the keywords are that method's.
+
+        Returns:
+            PreimageRegion
+        """
+        if self.adapter.traceable is None:
+            raise ValueError(NO_REGIONS.format(what="GeneralizedInversion.region()"))
+        return self._sibling(BackwardPassInversion, self.input_shape).region(target, **kwargs)
 
     def _run(self, goal, kind, std, cond_num, max_iter, input_range, margin, gen, init_std,
              max_retries, inputs, return_delta, allow_unverified, prior=None, reference=None):

@@ -13,6 +13,11 @@ from ..solvers.lp import chebyshev_center, hit_and_run, null_basis
 
 __all__ = ["PreimageRegion"]
 
+NO_REGIONS = ("{what}: certified regions (`return_regions=True`, `region()`) need a model with "
+              "piecewise-linear modules (ReLU, MaxPool, Conv, ...) in a chain of modules; this one has "
+              "none (an analytic chain, whose preimage of a point is an affine set, not a polytope) or "
+              "is not such a chain. Call attribute() with return_regions=False (the default)")
+
 # nats of margin kept between the region's class condition and the goal: covers the model's
 # float32 rounding of the logits (about 1e-6 of their scale), so that every point verifies
 SLACK = 1e-3

@@ -32,13 +32,14 @@ class SolverSettings:
             :func:`~captum_invert.solvers.levenberg_marquardt`); 0 is the pointwise Jacobian.
             Default: 0.5.
         lp (bool): GeneralizedInversion plans a piecewise-linear chain as one ``analytic (LP)``
-            block (certified regions, seconds per sample); False keeps it opaque
-            (Levenberg-Marquardt, milliseconds). Default: True.
+            block, so that every call goes through linear programming (certified regions,
+            seconds per sample); False keeps it opaque (Levenberg-Marquardt, milliseconds;
+            regions when asked for with ``return_regions=True`` or ``region()``). Default: False.
     """
 
     escalation: bool = True
     jacobian_averaging: float = 0.5
-    lp: bool = True
+    lp: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.escalation, bool):

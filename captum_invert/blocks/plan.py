@@ -236,17 +236,21 @@ class InversionPlan:
         lp (bool): a chain (no functional code) of piecewise-linear modules (Linear, Conv,
             ReLU, MaxPool, AvgPool, BatchNorm, ...) below an optional analytic tail becomes one
             ``'lp'`` block, inverted by linear programming, when its dense constraint matrix
-            fits (:data:`~captum_invert.blocks.piecewise.LP_MAX_ENTRIES`); False keeps the
-            analytic/opaque split.
+            fits (:data:`~captum_invert.blocks.piecewise.LP_MAX_ENTRIES`); False (default)
+            keeps the analytic/opaque split (``regions`` still says whether such a chain fits).
 
     Attributes:
         blocks (list of Block): from input to output.
         calls (list of LeafCall): every executed leaf module.
         n_proofs (int): boundaries proven (two forward passes each).
+        piecewise (bool): the model is a chain of piecewise-linear modules (below an optional
+            analytic tail): GeneralizedInversion solves it whole by Levenberg-Marquardt.
+        regions (bool): ``piecewise``, and its dense LP fits: certified regions can be asked
+            for (``return_regions=True``, ``region()``).
     """
 
     def __init__(self, model: nn.Module, example: Tensor, split_points=None, rtol: float = 1e-4,
-                 ends_only: bool = False, lp: bool = True) -> None:
+                 ends_only: bool = False, lp: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError("`model` must be an nn.Module to be planned")
         self.model = model
@@ -314,12 +318,16 @@ class InversionPlan:
                 Block(k, a, b, self.calls[a:b], self.calls[a].in_shape, self.calls[b - 1].out_shape)
                 for a, b, k in merged
             ]
-            if lp and trace.composes and not forced:
-                self._mark_lp(math.prod(example.shape[1:]), kinds)
+            cut, fits = self._lp_cut(math.prod(example.shape[1:])) if trace.composes and not forced else (None, 0)
+            self.piecewise, self.regions = cut is not None, cut is not None and fits
+            if lp and self.regions:
+                self.blocks = [Block(kd, a, b, self.calls[a:b], self.calls[a].in_shape, self.calls[b - 1].out_shape)
+                               for a, b, kd in cut]
 
-    def _mark_lp(self, d: int, kinds) -> None:
-        """A chain whose modules below its analytic tail are all piecewise-linear becomes one LP
-        block (plus that tail), when its dense LP fits."""
+    def _lp_cut(self, d: int):
+        """``([(start, stop, kind)], fits)``: a chain whose modules below its analytic tail are
+        all piecewise-linear is one LP block (plus that tail); ``fits``: its dense LP fits.
+        ``(None, False)`` for any other model."""
         from .piecewise import lp_fits, split_piecewise
 
         calls = self.calls
@@ -327,17 +335,43 @@ class InversionPlan:
         try:
             split = split_piecewise(calls[:end])
         except ValueError:
-            return
-        if split is None or not lp_fits(split[0], d):
-            return
+            return None, False
+        if split is None:
+            return None, False
         k = len(split[0])
         plain = (nn.Linear, nn.Flatten, nn.Identity, nn.Dropout)
         if all(isinstance(c.module, plain) for c in calls[k:end]):
             k = len(calls)
         elif not all(_is_analytic(c, j == len(calls) - 1) for j, c in enumerate(calls) if j >= k):
-            return
-        cut = [(0, k, "lp")] + ([(k, len(calls), "analytic")] if k < len(calls) else [])
-        self.blocks = [Block(kd, a, b, calls[a:b], calls[a].in_shape, calls[b - 1].out_shape) for a, b, kd in cut]
+            return None, False
+        return [(0, k, "lp")] + ([(k, len(calls), "analytic")] if k < len(calls) else []), lp_fits(split[0], d)
+
+    def route(self, block: "Block") -> str:
+        """How :class:`~captum_invert.GeneralizedInversion` inverts ``block``, and why."""
+        if block.kind == "lp":
+            return ("linear program per activation pattern: certified regions, seconds per sample "
+                    "(the plan was built with lp=True)")
+        if self.piecewise:
+            why = ("one Levenberg-Marquardt solve of the whole model: a piecewise-linear chain has no "
+                   "closed-form inverse, and the blocks' null-space moves measured no more diverse samples "
+                   "at twice the cost")
+            return why + ("; certified regions on request (return_regions=True, region(): a linear program "
+                          "per sample)" if self.regions else "; its dense LP is too large for certified regions")
+        if block.kind == "analytic":
+            j, n = self.blocks.index(block), len(self.blocks)
+            if n == 1:
+                return "the whole model is analytic: its closed-form back-pass (as BackwardPassInversion)"
+            if j == 0:
+                return ("analytic head: the solver works on its output, then its closed-form back-pass "
+                        "(null-space noise) gives the inputs")
+            if j == n - 1:
+                return ("analytic tail: its closed-form back-pass gives the target's embedding and a "
+                        "null-space direction for the solver")
+            return "analytic, between opaque blocks: solved with them by Levenberg-Marquardt"
+        last = self.calls[-1]
+        first = next((c for c in block.calls if not _is_analytic(c, c is last)), block.calls[0])
+        return (f"Levenberg-Marquardt: {first.name} ({type(first.module).__name__}) has no closed-form "
+                "inverse")
 
     # --- running parts of the model -------------------------------------------------------
     def _call_index(self, i: int) -> int:
@@ -406,6 +440,7 @@ class InversionPlan:
 
     def __str__(self) -> str:
         rows = [("block", "kind", "modules", "input", "output")]
+        routes = [f"  block {j}: {self.route(b)}" for j, b in enumerate(self.blocks)]
         for j, b in enumerate(self.blocks):
             mods = [f"{c.name} ({type(c.module).__name__})" for c in b.calls]
             if len(mods) > 4:
@@ -416,7 +451,8 @@ class InversionPlan:
         lines = [" | ".join(r[c].ljust(w[c]) for c in range(5)) for r in rows]
         lines.insert(1, "-+-".join("-" * x for x in w))
         shown = self.model.caller_model() if callable(getattr(self.model, "caller_model", None)) else self.model
-        return f"InversionPlan({type(shown).__name__})\n" + "\n".join(lines)
+        return (f"InversionPlan({type(shown).__name__})\n" + "\n".join(lines) + "\nroutes:\n"
+                + "\n".join(routes))
 
     __repr__ = __str__
 

@@ -48,7 +48,7 @@ def test_pixel_space_box_and_verification(nets, cls):
 
 def test_lp_route_takes_normalize_as_an_affine_layer(nets):
     cnn, _ = nets
-    inv = GeneralizedInversion(cnn, input_shape=(3, 16, 16), normalize=(MEAN, STD))
+    inv = GeneralizedInversion(cnn, input_shape=(3, 16, 16), normalize=(MEAN, STD), lp=True)
     first = inv.plan.blocks[0]
     assert first.kind == "lp" and isinstance(first.calls[0].module, Normalize)
     reg = BackwardPassInversion(cnn, input_shape=(3, 16, 16), normalize=(MEAN, STD)).region(1, seed=0,

@@ -51,12 +51,41 @@ def test_linearize_is_the_net_on_its_region(relu_nets):
 def test_every_class_verifies_in_the_box(relu_nets, name):
     inv = BackwardPassInversion(relu_nets[name], input_shape=(1, 28, 28))
     target = torch.arange(10).repeat_interleave(2)
-    x, delta = inv.attribute(target=target.tolist(), seed=0, input_range=BOX, return_convergence_delta=True)
+    x, delta, regions = inv.attribute(target=target.tolist(), seed=0, input_range=BOX, return_convergence_delta=True,
+                                      return_regions=True)
     assert inv.last_stats["route"] == "lp"
     p = torch.softmax(relu_nets[name](x), 1)
     assert bool((p[torch.arange(20), target] >= 0.9).all())
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-    assert all(isinstance(r, PreimageRegion) for r in inv.last_regions)
+    assert len(regions) == 20 and all(isinstance(r, PreimageRegion) for r in regions)
+    # each sample lies in its own region
+    assert all(bool(r.contains(x[i:i + 1].double(), tol=1e-5)[0]) for i, r in enumerate(regions))
+
+
+@pytest.mark.parametrize("cls", [BackwardPassInversion, GeneralizedInversion])
+def test_default_route_is_the_fast_one_and_regions_are_asked_for(relu_nets, cls):
+    net = relu_nets["cnn"]
+    inv = cls(net, input_shape=(1, 28, 28))
+    x = inv.attribute(target=[3, 8], seed=0, input_range=BOX)
+    assert inv.last_stats["route"] != "lp" and not getattr(inv, "last_regions", None)
+    assert bool((torch.softmax(net(x), 1)[torch.arange(2), torch.tensor([3, 8])] >= 0.9).all())
+    # with internal batches the regions of every batch come back, one per sample
+    x, regions = inv.attribute(target=[3, 8, 1], seed=0, input_range=BOX, return_regions=True, internal_batch_size=2)
+    assert len(regions) == 3 and all(isinstance(r, PreimageRegion) for r in regions)
+    assert all(bool(r.contains(x[i:i + 1].double(), tol=1e-5)[0]) for i, r in enumerate(regions))
+    assert isinstance(inv.region(3, seed=0, input_range=BOX), PreimageRegion)
+
+
+def test_return_regions_bad_input_is_refused_before_work(relu_nets):
+    selu = FCNN((784, 32, 10), "selu", False, (1, 28, 28))
+    with pytest.raises(ValueError, match="return_regions=False"):
+        BackwardPassInversion(selu).attribute(target=1, return_regions=True)
+    with pytest.raises(ValueError, match="return_regions=False"):
+        GeneralizedInversion(selu).attribute(target=1, return_regions=True)
+    with pytest.raises(ValueError, match="`return_regions` must be a bool"):
+        BackwardPassInversion(relu_nets["cnn"]).attribute(target=1, return_regions="yes")
+    with pytest.raises(ValueError, match="prior"):
+        GeneralizedInversion(relu_nets["cnn"]).attribute(target=1, return_regions=True, prior="auto")
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
@@ -104,9 +133,9 @@ def test_distribution_region_stays_within_atol(relu_nets):
 def test_mixed_net_uses_lp_trunk_and_analytic_head(relu_nets):
     net = relu_nets["mixed"]
     inv = BackwardPassInversion(net, input_shape=(1, 28, 28))
-    x = inv.attribute(target=[1, 5, 8], seed=0, input_range=BOX)
+    x, regions = inv.attribute(target=[1, 5, 8], seed=0, input_range=BOX, return_regions=True)
     assert bool((net(x).argmax(1) == torch.tensor([1, 5, 8])).all())
-    reg = inv.last_regions[0]
+    reg = regions[0]
     assert reg.E is not None and reg.dim == 784 - 32
     pts = reg.sample(40, seed=0)
     assert bool(reg.contains(pts).all())
@@ -116,20 +145,22 @@ def test_mixed_net_uses_lp_trunk_and_analytic_head(relu_nets):
 
 def test_lp_samples_are_as_diverse_as_forward_pass(relu_nets):
     net = relu_nets["cnn"]
-    lp = BackwardPassInversion(net, input_shape=(1, 28, 28)).attribute(target=4, n_samples=6, seed=0, input_range=BOX)
+    lp, _ = BackwardPassInversion(net, input_shape=(1, 28, 28)).attribute(target=4, n_samples=6, seed=0,
+                                                                          input_range=BOX, return_regions=True)
     fw = ForwardPassInversion(net, input_shape=(1, 28, 28)).attribute(target=4, n_samples=6, seed=0, input_range=BOX)
     assert float(torch.pdist(lp.reshape(6, -1)).mean()) >= 0.5 * float(torch.pdist(fw.reshape(6, -1)).mean())
 
 
-def test_generalized_inversion_routes_to_lp_and_plans_it(relu_nets):
+def test_generalized_inversion_plans_lp_when_asked_and_says_why(relu_nets):
     net = relu_nets["cnn"]
-    inv = GeneralizedInversion(net, input_shape=(1, 28, 28))
+    inv = GeneralizedInversion(net, input_shape=(1, 28, 28), lp=True)
     assert inv.plan.kinds == ["lp"]
-    assert "analytic (LP)" in str(inv.plan)
+    assert "analytic (LP)" in str(inv.plan) and "linear program" in str(inv.plan)
     x = inv.attribute(target=2, n_samples=2, seed=0, input_range=BOX)
-    assert inv.last_stats["route"] == "lp"
-    fast = GeneralizedInversion(net, input_shape=(1, 28, 28), lp=False)
-    assert "lp" not in fast.plan.kinds
+    assert inv.last_stats["route"] == "lp" and len(inv.last_regions) == 2
+    fast = GeneralizedInversion(net, input_shape=(1, 28, 28))
+    assert "lp" not in fast.plan.kinds and fast.plan.regions
+    assert "certified regions on request" in str(fast.plan) and "whole model" in str(fast.plan)
     fast.attribute(target=2, n_samples=2, seed=0, input_range=BOX)
     assert fast.last_stats["route"] != "lp"
     assert bool((torch.softmax(net(x), 1)[:, 2] >= 0.9).all())
@@ -152,10 +183,10 @@ def test_unsupported_and_too_large_models_are_named():
         BackwardPassInversion(gelu, input_shape=(1, 28, 28)).attribute(target=0)
     big = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(8, 10))
-    with pytest.raises(ValueError, match="too large for the dense linear program.*GeneralizedInversion"):
-        BackwardPassInversion(big, input_shape=(3, 224, 224)).attribute(target=0)
+    with pytest.raises(ValueError, match="too large for the dense linear program.*return_regions=False"):
+        BackwardPassInversion(big, input_shape=(3, 224, 224)).attribute(target=0, return_regions=True)
     selu = FCNN((784, 16, 10), "selu", False, (1, 28, 28))
-    with pytest.raises(ValueError, match="region\\(\\) needs a model with piecewise-linear modules"):
+    with pytest.raises(ValueError, match="region\\(\\): certified regions .* need a model with piecewise-linear modules"):
         BackwardPassInversion(selu).region(0)
     with pytest.raises(ValueError, match="`spread`"):
         BackwardPassInversion(_cnn().eval(), input_shape=(1, 28, 28)).attribute(target=0, spread=2.0)
@@ -221,7 +252,7 @@ def test_prelu_and_ceil_mode_nets_take_the_lp_route_and_regions_verify():
     with torch.no_grad():
         net[-1].weight.mul_(20)  # an untrained net: make its classes reachable
     inv = BackwardPassInversion(net, input_shape=shape)
-    x = inv.attribute(target=[2, 6], seed=0, input_range=BOX)
+    x, _ = inv.attribute(target=[2, 6], seed=0, input_range=BOX, return_regions=True)
     assert inv.last_stats["route"] == "lp"
     assert bool((net(x).softmax(1)[torch.arange(2), torch.tensor([2, 6])] >= 0.9).all())
     reg = inv.region(2, seed=0, input_range=BOX)
