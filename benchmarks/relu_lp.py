@@ -1,18 +1,23 @@
-"""Piecewise-linear back-pass (linear programming) against ForwardPassInversion, in one run.
+"""Piecewise-linear nets: the default route against ForwardPassInversion, and certified regions, in one run.
 
-On a ReLU MLP, a ReLU + MaxPool + AvgPool CNN and the same CNN under a SELU head (trained on
-MNIST, or the digits), for every class, inside the pixel box [0, 1]:
-- verified %, ms per sample and diversity (mean pairwise L2 distance) of
-  BackwardPassInversion (one region per sample, from its own anchor) and of
-  ForwardPassInversion from random starts;
-- per class, the mean Chebyshev radius of the regions (the certified L2 robustness margin
-  at their centres);
+On a ReLU MLP, a ReLU + MaxPool + AvgPool CNN, the same CNN under a SELU head, and a
+Conv-ReLU-MaxPool x2 trunk under a Linear-SELU-Linear head (trained on MNIST, or the digits), for
+every class, inside the pixel box [0, 1]:
+- ms per verified sample of ``attribute`` at the defaults (GeneralizedInversion and
+  BackwardPassInversion: Levenberg-Marquardt on the whole net) and of ForwardPassInversion, and
+  their ratio;
+- ms per verified sample with certified regions (``return_regions=True``: one linear program per
+  sample; GeneralizedInversion's default before the routing change), and its ratio to
+  ForwardPassInversion;
+- diversity (mean pairwise L2 distance within a class) of both;
+- per class, the mean Chebyshev radius of the regions (the certified L2 robustness margin at
+  their centres);
 - the certificate: 200 uniform points of each region's Chebyshev ball, 50 hit-and-run points
   and 50 convex combinations of them: the share inside ``A x <= b``, inside the box and at
   p >= 0.9 on the float32 model (it must be 100%);
-- the LP's size and its seconds per region (linearization + HiGHS interior point).
+- where a region's time goes: the linearization and HiGHS's interior point.
 
-Usage: python benchmarks/relu_lp.py [--data-root DIR] [--per-class 4] [--nets mlp cnn mixed]
+Usage: python benchmarks/relu_lp.py [--data-root DIR] [--per-class 4] [--nets mlp cnn mixed held]
 """
 from __future__ import annotations
 
@@ -22,10 +27,11 @@ import time
 import torch
 from torch import nn
 
-from captum_invert import BackwardPassInversion, ForwardPassInversion
-from captum_invert.blocks.piecewise import constraint_count
+from captum_invert import BackwardPassInversion, ForwardPassInversion, GeneralizedInversion
+from captum_invert.blocks.piecewise import constraint_count, linearize, split_piecewise
 from captum_invert.blocks.plan import trace_leaf_modules
 from captum_invert.models import FCNN, TrainConfig, accuracy, train
+from captum_invert.solvers.lp import chebyshev_center
 
 from _common import data, parser  # noqa: E402
 
@@ -41,10 +47,19 @@ def relu_cnn(head: str = "linear"):
     return net
 
 
+def held_out_cnn():
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1),
+                        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 7 * 7, 64), nn.SELU(),
+                        nn.Linear(64, 10))
+    net.input_shape = (1, 28, 28)
+    return net
+
+
 NETS = {
     "mlp": ("ReLU MLP 784-128-64-10", lambda: FCNN((784, 128, 64, 10), "relu", False, (1, 28, 28))),
     "cnn": ("ReLU/MaxPool/AvgPool CNN", relu_cnn),
     "mixed": ("ReLU CNN trunk + SELU head", lambda: relu_cnn("selu")),
+    "held": ("Conv-ReLU-MaxPool x2 + Linear-SELU-Linear", held_out_cnn),
 }
 
 
@@ -77,49 +92,56 @@ def main() -> None:
         rows = constraint_count(calls) + 2 * 784
         print(f"\n{label}: test accuracy {100 * accuracy(net, te):.1f}%; LP: 784 inputs x up to {rows} rows")
         res = {}
-        for meth, cls in (("LP", BackwardPassInversion), ("forward", ForwardPassInversion)):
+        methods = (("generalized", GeneralizedInversion, {}), ("backward", BackwardPassInversion, {}),
+                   ("forward", ForwardPassInversion, {}), ("regions", BackwardPassInversion, {"return_regions": True}))
+        ForwardPassInversion(net, input_shape=(1, 28, 28)).attribute(target=targets[:10], seed=1, input_range=BOX)
+        for meth, cls, kw in methods:
             inv = cls(net, input_shape=(1, 28, 28))
             t0 = time.perf_counter()
-            x = inv.attribute(target=targets, seed=0, input_range=BOX, allow_unverified=True)
+            x = inv.attribute(target=targets, seed=0, input_range=BOX, allow_unverified=True, **kw)
             dt = time.perf_counter() - t0
+            if kw:
+                x, regions = x
             with torch.no_grad():
                 p = torch.softmax(net(x), 1)[torch.arange(len(targets)), torch.tensor(targets)]
             ok = (p >= 0.9) & (x.reshape(len(x), -1).min(1).values >= 0) & (x.reshape(len(x), -1).max(1).values <= 1)
             div = float(torch.stack([torch.pdist(x[[i for i, t in enumerate(targets) if t == c]].reshape(
                 args.per_class, -1)).mean() for c in range(10)]).mean()) if args.per_class > 1 else math.nan
-            res[meth] = (100 * float(ok.float().mean()), 1000 * dt / len(targets), div)
-            if meth == "LP":
-                regions = inv.last_regions
+            res[meth] = (100 * float(ok.float().mean()), 1000 * dt / max(int(ok.sum()), 1), div)
         g = torch.Generator().manual_seed(0)
-        radii, cert_ok, cert_n, lp_s = [], 0, 0, []
+        radii, cert_ok, cert_n = [], 0, 0
         for c in range(10):
             rs = [regions[i] for i, t in enumerate(targets) if t == c and regions[i] is not None]
             radii.append(sum(r.chebyshev_ball()[1] for r in rs) / max(len(rs), 1))
             for r in rs[:1]:
                 a, n = certificate(net, r, c, g)
                 cert_ok, cert_n = cert_ok + a, cert_n + n
-        inv = BackwardPassInversion(net, input_shape=(1, 28, 28))
-        for c in (0, 5):  # time one region alone: linearization + LP
-            t0 = time.perf_counter()
-            reg = inv.region(c, seed=c, input_range=BOX)
-            lp_s.append(time.perf_counter() - t0)
+        # where one region's time goes
+        reg = next(r for r in regions if r is not None)
+        t0 = time.perf_counter()
+        linearize(split_piecewise(calls)[0], reg.anchor)
+        t_lin = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        chebyshev_center(reg.A, reg.b, reg.E, reg.f, reg.basis)
+        t_lp = time.perf_counter() - t0
         print(f"  rows of one region: {len(reg.A)} ({', '.join(f'{g_[0]}: {g_[2] - g_[1]}' for g_ in reg.groups)})"
-              f"{'; equalities: ' + str(len(reg.E)) if reg.E is not None else ''}")
-        print("  method   | verified % | ms/sample | diversity")
+              f"{'; equalities: ' + str(len(reg.E)) if reg.E is not None else ''}; linearization "
+              f"{1000 * t_lin:.0f} ms, HiGHS {1000 * t_lp:.0f} ms")
+        print("  route                      | verified % | ms/verified | x forward | diversity")
         for meth, (v, ms, dv) in res.items():
-            print(f"  {meth:8s} | {v:10.1f} | {ms:9.1f} | {dv:9.2f}")
-        print(f"  LP / forward: {res['LP'][1] / res['forward'][1]:.0f}x the time per sample, "
-              f"{res['LP'][2] / res['forward'][2]:.2f}x the diversity")
+            print(f"  {meth:26s} | {v:10.1f} | {ms:11.2f} | {ms / res['forward'][1]:9.1f} | {dv:9.2f}")
         print("  Chebyshev radius per class: " + " ".join(f"{r:.3f}" for r in radii))
         print(f"  certificate: {cert_ok}/{cert_n} random points of the regions verify "
               f"({100 * cert_ok / max(cert_n, 1):.1f}%)")
-        print(f"  seconds per region (region() alone, incl. the anchor): {min(lp_s):.2f}-{max(lp_s):.2f}")
-        summary.append([label, f"{res['LP'][0]:.0f}", f"{res['forward'][0]:.0f}", f"{res['LP'][1]:.0f}",
-                        f"{res['forward'][1]:.1f}", f"{res['LP'][2]:.2f}", f"{res['forward'][2]:.2f}",
+        summary.append([label, *(f"{res[m][0]:.0f}" for m in ("generalized", "forward", "regions")),
+                        f"{res['generalized'][1]:.2f}", f"{res['forward'][1]:.2f}",
+                        f"{res['generalized'][1] / res['forward'][1]:.1f}",
+                        f"{res['regions'][1]:.0f}", f"{res['regions'][1] / res['forward'][1]:.0f}",
                         f"{min(radii):.3f}-{max(radii):.3f}", f"{100 * cert_ok / max(cert_n, 1):.1f}",
                         str(len(reg.A))])
-    head = ["net", "LP verified %", "forward verified %", "LP ms", "forward ms", "LP diversity",
-            "forward diversity", "Chebyshev radius", "certified points %", "rows"]
+    head = ["net", "default verified %", "forward verified %", "regions verified %", "default ms",
+            "forward ms", "default / forward", "region ms", "region / forward", "Chebyshev radius",
+            "certified points %", "rows"]
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in summary:
         print("| " + " | ".join(r) + " |")
