@@ -6,6 +6,7 @@ import warnings
 from typing import List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Penalty, check_weight
@@ -47,16 +48,28 @@ class L2(Penalty):
 class Diversity(Penalty):
     r"""Pushes the samples of one call apart (Lucid's diversity objective, on the images): per
     sample, ``weight *`` its mean cosine similarity to the other samples of the same target,
-    the images centred on the batch mean. Samples of different targets do not interact."""
+    the images centred on the batch mean. Samples of different targets do not interact.
 
-    def __init__(self, weight: float = 1.0) -> None:
+    Args:
+        weight (float): the term's weight.
+        grid (int, optional): compare images ``(C, H, W)`` average-pooled to about ``grid x grid``
+            cells (their layout, not their texture): the samples then differ in where their
+            strokes lie, not in high-frequency noise. None compares the pixels.
+    """
+
+    def __init__(self, weight: float = 1.0, grid: Optional[int] = None) -> None:
         self.weight = check_weight(weight)
+        if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid < 1):
+            raise ValueError(f"Diversity: `grid` must be None or an int >= 1, got {grid!r}")
+        self.grid = grid
         self.groups: Optional[Tensor] = None  # set by the shaping loop: (n,) target ids
 
     def __call__(self, x, z):
         n = len(x)
         if n < 2:
             return torch.zeros(n, dtype=x.dtype, device=x.device)
+        if self.grid is not None and x.dim() == 4:
+            x = F.avg_pool2d(x, (max(1, x.shape[-2] // self.grid), max(1, x.shape[-1] // self.grid)))
         f = x.reshape(n, -1)
         f = f - f.mean(0, keepdim=True)
         f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -70,7 +83,7 @@ class Diversity(Penalty):
         return self.weight * (sim * same).sum(1) / cnt
 
     def __repr__(self) -> str:
-        return f"Diversity({self.weight})"
+        return f"Diversity({self.weight}{'' if self.grid is None else f', grid={self.grid}'})"
 
 
 def _bn_gap(inp: Tensor, bn: nn.modules.batchnorm._BatchNorm, form: str = "relative") -> Tensor:

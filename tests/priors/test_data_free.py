@@ -8,12 +8,12 @@ from torch import nn
 
 from captum_invert import ForwardPassInversion
 from captum_invert.blocks.plan import model_mode_guard
-from captum_invert.metrics import judge_accuracy, judge_agreement
+from captum_invert.metrics import class_diversity, judge_accuracy, judge_agreement
 from captum_invert.models.cnn import NO_DIGIT
 from captum_invert.priors import (
-    TV, BNStats, ColorShift, FourierParam, PixelParam, Prior, auto_prior, deepinversion_prior,
+    TV, BNStats, ColorShift, Diversity, FourierParam, PixelParam, Prior, auto_prior, deepinversion_prior,
     plugin_inversion_prior, robust_transforms)
-from captum_invert.priors.shaping import _coarse
+from captum_invert.priors.shaping import AUTO_OPTIONS, _coarse
 
 from .test_priors import _shape
 
@@ -37,10 +37,33 @@ def test_data_free_default_is_read_by_an_independent_judge(digit_cnn, digit_judg
     assert r_new >= 0.85 and r_new > r_old, (r_new, r_old)  # 0.90 against 0.75 when written
 
 
+def test_auto_diversity_spreads_the_layout_of_a_class_on_a_batchnorm_net(digit_cnn):
+    labels = [3] * 6 + [7] * 6
+    auto = auto_prior(digit_cnn, SHAPE)
+    without = Prior(auto.parameterization(), auto.transforms, auto.penalties[:1], lr=auto.lr, **AUTO_OPTIONS)
+    xs = [_shape(digit_cnn, pr, labels, steps=200) for pr in (without, auto)]
+    spread = [class_diversity(x, torch.tensor(labels)) for x in xs]
+    assert spread[1] > 1.3 * spread[0], spread
+    # on the grid, not in the texture: the pooled images spread too
+    coarse = [class_diversity(torch.nn.functional.avg_pool2d(x, 7), torch.tensor(labels)) for x in xs]
+    assert coarse[1] > 1.3 * coarse[0], coarse
+    # two layouts, each drawn twice with opposite fine textures: the grid sees twins, the pixels do not
+    g = torch.Generator().manual_seed(0)
+    lay = torch.nn.functional.interpolate(torch.rand(2, 1, 4, 4, generator=g), size=28)
+    checker = ((torch.arange(28)[:, None] + torch.arange(28)[None]) % 2 * 2 - 1).float()
+    x = torch.cat([lay + 0.5 * checker, lay - 0.5 * checker])
+    on_grid, on_pixels = Diversity(1.0, grid=4), Diversity(1.0)
+    for d in (on_grid, on_pixels):
+        d.groups = torch.tensor([0, 1, 0, 1])  # each image's twin is its only partner
+    assert float(on_grid(x, None)[0]) > 0.95 and float(on_pixels(x, None)[0]) < 0.5
+    with pytest.raises(ValueError, match="`grid`"):
+        Diversity(1.0, grid=0)
+
+
 def test_auto_prior_picks_its_parts_from_the_model(digit_cnn, digit_nets):
     bn = auto_prior(digit_cnn, SHAPE)
     assert isinstance(bn.parameterization(), PixelParam)
-    assert [type(p) for p in bn.penalties] == [BNStats] and bn.penalties[0].first == 10
+    assert [type(p) for p in bn.penalties] == [BNStats, Diversity] and bn.penalties[0].first == 10
     assert bn.objective == "ce" and bn.coarse == 0.5 and bn.schedule == "cosine"
     plain = auto_prior(digit_nets[2], SHAPE)
     assert isinstance(plain.parameterization(), FourierParam) and not plain.penalties
@@ -60,7 +83,7 @@ def test_auto_prior_picks_its_parts_from_the_model(digit_cnn, digit_nets):
     colour_bn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
                                     torch.nn.Linear(4 * 14 * 14, 10))
     colour = auto_prior(colour_bn, (3, 16, 16))
-    assert isinstance(colour.parameterization(), FourierParam) and not colour.penalties
+    assert isinstance(colour.parameterization(), FourierParam) and [type(p) for p in colour.penalties] == [Diversity]
     assert any(isinstance(t, ColorShift) for t in colour.transforms)
     # no BatchNorm: auto adds no BNStats, so no warning
     with warnings.catch_warnings():
