@@ -4,9 +4,9 @@ Adam, per net and per class, in one run.
 The grid (issue 26): SELU, ELU, LeakyReLU(0.01) and GELU MLPs with the activation on the logits
 too, 4-8 Linear layers, two width profiles (tapering from 400 by halves, or 256 throughout); Adam
 at 3e-3, 1e-2 and 3e-2 for 5, 10 and 40 epochs; seeds 0, 1, 2; plus BatchNorm CNNs with an ELU or
-SELU head (on the logits too). ``--nets`` configurations are drawn from it with a seeded
-``random.Random(--draw)`` (no hand-picking); nets whose training diverged (test accuracy under
-20%) are skipped and listed.
+SELU head (on the logits too). Configurations are drawn from it in the order of a seeded
+shuffle (``random.Random(--draw)``; no hand-picking) until ``--nets`` nets have trained; nets
+whose training diverged (test accuracy under 20%) are skipped and listed.
 
 For every net:
 - real-data reach per class: the share of held-out images of the class given p >= 0.9;
@@ -106,12 +106,14 @@ def main():
     args = ap.parse_args()
     name, tr, te = data(args)
     xte, yte = te.tensors
-    configs = random.Random(args.draw).sample(grid(), args.nets)
-    print(f"data: {name}; {len(grid())} configurations in the grid, {args.nets} drawn (seed {args.draw}); "
+    configs = random.Random(args.draw).sample(grid(), len(grid()))  # a seeded shuffle, drawn in order
+    print(f"data: {name}; {len(grid())} configurations in the grid, drawn (seed {args.draw}) until {args.nets} trained; "
           f"{args.per_class} samples per class; torch {torch.__version__}, {torch.get_num_threads()} threads",
           flush=True)
     rows, diverged, k = [], [], args.per_class
     for label, build, cfg in configs:
+        if len(rows) == args.nets:
+            break
         net = train(build(), tr, cfg, progress=False).eval()
         acc = accuracy(net, te)
         if not acc >= 0.2:
