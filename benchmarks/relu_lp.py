@@ -15,7 +15,8 @@ every class, inside the pixel box [0, 1]:
 - the certificate: 200 uniform points of each region's Chebyshev ball, 50 hit-and-run points
   and 50 convex combinations of them: the share inside ``A x <= b``, inside the box and at
   p >= 0.9 on the float32 model (it must be 100%);
-- where a region's time goes: the linearization and HiGHS's interior point.
+- where a region's time goes: the linearization and HiGHS's interior point;
+- the memory that 64 regions hold (their rows are stored sparse where most entries are zero).
 
 Usage: python benchmarks/relu_lp.py [--data-root DIR] [--per-class 4] [--nets mlp cnn mixed held]
 """
@@ -116,6 +117,9 @@ def main() -> None:
             for r in rs[:1]:
                 a, n = certificate(net, r, c, g)
                 cert_ok, cert_n = cert_ok + a, cert_n + n
+        held = [r for r in regions if r is not None]
+        mem64 = 64 * sum(r.nbytes for r in held) / len(held) / 2 ** 20
+        dense64 = 64 * sum(r.b.numel() * 784 * 8 for r in held) / len(held) / 2 ** 20
         # where one region's time goes
         reg = next(r for r in regions if r is not None)
         t0 = time.perf_counter()
@@ -124,13 +128,14 @@ def main() -> None:
         t0 = time.perf_counter()
         chebyshev_center(reg.A, reg.b, reg.E, reg.f, reg.basis)
         t_lp = time.perf_counter() - t0
-        print(f"  rows of one region: {len(reg.A)} ({', '.join(f'{g_[0]}: {g_[2] - g_[1]}' for g_ in reg.groups)})"
+        print(f"  rows of one region: {len(reg.b)} ({', '.join(f'{g_[0]}: {g_[2] - g_[1]}' for g_ in reg.groups)})"
               f"{'; equalities: ' + str(len(reg.E)) if reg.E is not None else ''}; linearization "
               f"{1000 * t_lin:.0f} ms, HiGHS {1000 * t_lp:.0f} ms")
         print("  route                      | verified % | ms/verified | x forward | diversity")
         for meth, (v, ms, dv) in res.items():
             print(f"  {meth:26s} | {v:10.1f} | {ms:11.2f} | {ms / res['forward'][1]:9.1f} | {dv:9.2f}")
         print("  Chebyshev radius per class: " + " ".join(f"{r:.3f}" for r in radii))
+        print(f"  memory held by 64 regions: {mem64:.0f} MB (their rows dense: {dense64:.0f} MB)")
         print(f"  certificate: {cert_ok}/{cert_n} random points of the regions verify "
               f"({100 * cert_ok / max(cert_n, 1):.1f}%)")
         summary.append([label, *(f"{res[m][0]:.0f}" for m in ("generalized", "forward", "regions")),
@@ -138,10 +143,10 @@ def main() -> None:
                         f"{res['generalized'][1] / res['forward'][1]:.1f}",
                         f"{res['regions'][1]:.0f}", f"{res['regions'][1] / res['forward'][1]:.0f}",
                         f"{min(radii):.3f}-{max(radii):.3f}", f"{100 * cert_ok / max(cert_n, 1):.1f}",
-                        str(len(reg.A))])
+                        str(len(reg.b)), f"{mem64:.0f}"])
     head = ["net", "default verified %", "forward verified %", "regions verified %", "default ms",
             "forward ms", "default / forward", "region ms", "region / forward", "Chebyshev radius",
-            "certified points %", "rows"]
+            "certified points %", "rows", "MB per 64 regions"]
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in summary:
         print("| " + " | ".join(r) + " |")

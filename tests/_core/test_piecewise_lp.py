@@ -260,3 +260,15 @@ def test_prelu_and_ceil_mode_nets_take_the_lp_route_and_regions_verify():
     with torch.no_grad():
         p = net(pts.reshape(-1, *shape).float()).softmax(1)[:, 2]
     assert float(p.min()) >= 0.9
+
+
+def test_conv_regions_store_their_local_rows_sparse(relu_nets):
+    reg = BackwardPassInversion(relu_nets["cnn"], input_shape=(1, 28, 28)).region(4, seed=0, input_range=BOX)
+    A = reg.A
+    dense_bytes = A.numel() * A.element_size()
+    assert reg.nbytes < 0.25 * dense_bytes  # a conv net's pattern rows are mostly zeros
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([reg.sample(20, seed=g), torch.rand(20, 1, 28, 28, dtype=torch.float64)])
+    # the stored rows answer exactly as the dense ones
+    assert torch.equal(reg.contains(x), ((x.reshape(40, -1) @ A.T - reg.b) <= 1e-9).all(1))
+    assert torch.equal(reg.tight(), (reg.b - A @ reg.anchor.reshape(-1)) <= 1e-7)
