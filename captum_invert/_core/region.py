@@ -57,8 +57,6 @@ class PreimageRegion:
     output of the head's back-pass.
 
     Attributes:
-        A (Tensor): ``(m, d)`` float64, rows normalized to unit L2 norm (dense; stored sparse
-            when most entries are zero, as a conv net's local rows are: see ``nbytes``).
         b (Tensor): ``(m,)`` float64.
         E (Tensor or None): ``(k, d)`` float64 equalities (mixed nets).
         f (Tensor or None): ``(k,)``.
@@ -91,7 +89,9 @@ class PreimageRegion:
 
     @property
     def A(self) -> Tensor:
-        """``(m, d)`` float64 rows, dense (built on access when the region stores them sparse)."""
+        """``(m, d)`` float64, the rows, normalized to unit L2 norm; dense, built on access when
+        the region stores them sparse (when most entries are zero, as a conv net's local rows
+        are: see ``nbytes``)."""
         return self._rows.to_dense() if self._rows.layout != torch.strided else self._rows
 
     def _times(self, X: Tensor) -> Tensor:
