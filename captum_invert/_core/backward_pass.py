@@ -17,7 +17,6 @@ from .batching import batched_attribute
 from .base import (
     Goal, InversionMethod, count_reasons, make_generator, random_starts,
 )
-from .forward_pass import ForwardPassInversion
 from .region import NO_REGIONS, PreimageRegion, assemble, box_rows, class_rows, dist_rows
 
 __all__ = ["BackwardPassInversion"]
@@ -233,15 +232,11 @@ class BackwardPassInversion(InversionMethod):
                                    inputs, spread, return_convergence_delta, allow_unverified, tail, reference)
                 return (*(out if isinstance(out, tuple) else (out,)), list(self.last_regions))
             if lp is not None:  # no analytic inverse of the trunk: the anchors are the samples
-                inv = self._sibling(ForwardPassInversion, self.input_shape)
-                out = inv.attribute(inputs, goal.labels.tolist() if goal.labels is not None else goal.dist,
-                                    max_iter=max_iter, input_range=input_range, min_prob=min_prob, atol=atol,
-                                    seed=gen, init_std=init_std, max_retries=max_retries,
-                                    return_convergence_delta=return_convergence_delta,
-                                    allow_unverified=allow_unverified, reference=reference)
-                self.last_stats = {"route": "forward_pass", **inv.last_stats}
-                self.last_regions = None
-                return out
+                return self._by_forward_pass(inputs, goal, max_iter=max_iter, input_range=input_range,
+                                             min_prob=min_prob, atol=atol, seed=gen, init_std=init_std,
+                                             max_retries=max_retries, reference=reference,
+                                             return_convergence_delta=return_convergence_delta,
+                                             allow_unverified=allow_unverified)
             chain = self._chain(trace, cond_num)
             chain.set_boxes(margin, input_range)
             return self._run(chain, kind, goal, std, gen, input_range, max_iter, max_retries,

@@ -168,7 +168,8 @@ def batched_attribute(fn):
                 "anyway, or relax min_prob / atol / input_range).", int(ok.sum()), n, reasons, x, ok, d,
                 diag or None, a.get("min_prob", 0.9), note)
         out = (x, d) if want_delta else (x,)
-        return (*out, regs) if want_regions else (out if want_delta else x)
+        out += (regs,) if want_regions else ()
+        return out if len(out) > 1 else x
 
     joint.__doc__ = _add_doc(fn.__doc__ or "")
     joint.__signature__ = sig.replace(parameters=list(sig.parameters.values()) + [

@@ -12,7 +12,6 @@ from ..blocks.plan import InversionPlan
 from ..priors import resolve_prior
 from ..blocks.chain import build_chain, output_target, tail_linear_target, walk
 from .backward_pass import BackwardPassInversion
-from .forward_pass import ForwardPassInversion
 from .diagnosis import check_reference
 from .batching import batched_attribute
 from .base import InversionMethod, count_reasons, make_generator, random_starts
@@ -164,7 +163,8 @@ class GeneralizedInversion(InversionMethod):
             return_regions (bool): piecewise-linear nets only: also return one certified
                 :class:`~captum_invert.PreimageRegion` per sample; each sample is then a point of
                 its region, by :class:`~captum_invert.BackwardPassInversion`'s linear program
-                (about 1,000x the cost of the default route). Not with ``prior``.
+                (about 1,000x the cost of the default route; its anchors get at least 50
+                Levenberg-Marquardt iterations, that method's default). Not with ``prior``.
 
         Returns:
             Tensor or tuple: inputs ``(N, *input_shape)``; with ``return_convergence_delta``
@@ -209,13 +209,11 @@ class GeneralizedInversion(InversionMethod):
             # a piecewise-linear chain: the whole model by LM (see InversionPlan.route)
             whole = compiled or (not lp_route and self.plan.piecewise)
             if whole or (prior is not None or binary) and (one_analytic or lp_route):
-                inv = self._sibling(ForwardPassInversion, self.input_shape)
-                out = inv.attribute(inputs, tgt, max_iter=max_iter, input_range=input_range, min_prob=min_prob,
-                                    atol=atol, seed=gen, init_std=init_std, max_retries=max_retries, prior=prior,
-                                    return_convergence_delta=return_convergence_delta,
-                                    allow_unverified=allow_unverified, reference=reference)
-                self.last_stats = {"route": "forward_pass", **inv.last_stats}
-                return out
+                return self._by_forward_pass(inputs, goal, max_iter=max_iter, input_range=input_range,
+                                             min_prob=min_prob, atol=atol, seed=gen, init_std=init_std,
+                                             max_retries=max_retries, prior=prior, reference=reference,
+                                             return_convergence_delta=return_convergence_delta,
+                                             allow_unverified=allow_unverified)
             if one_analytic or lp_route:
                 inv = self._sibling(BackwardPassInversion, self.input_shape)
                 out = inv.attribute(inputs, tgt, std=std, cond_num=cond_num, seed=gen, input_range=input_range,

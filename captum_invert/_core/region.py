@@ -75,7 +75,7 @@ class PreimageRegion:
         # a conv net's pattern rows are local (2-3% of the entries of a 28x28 CNN's rows are not
         # zero): stored sparse, 64 regions of that CNN hold 0.3 GB instead of 6 GB
         self._rows = A
-        if A.numel() and float((A != 0).double().mean()) < SPARSE_BELOW:
+        if A.numel() and int(torch.count_nonzero(A)) < SPARSE_BELOW * A.numel():
             with warnings.catch_warnings():  # torch calls its CSR layout beta; sparse @ dense is all we use
                 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
                 self._rows = A.to_sparse_csr()

@@ -318,7 +318,7 @@ class InversionPlan:
                 Block(k, a, b, self.calls[a:b], self.calls[a].in_shape, self.calls[b - 1].out_shape)
                 for a, b, k in merged
             ]
-            cut, fits = self._lp_cut(math.prod(example.shape[1:])) if trace.composes and not forced else (None, 0)
+            cut, fits = self._lp_cut(math.prod(example.shape[1:])) if trace.composes and not forced else (None, False)
             self.piecewise, self.regions = cut is not None, cut is not None and fits
             if lp and self.regions:
                 self.blocks = [Block(kd, a, b, self.calls[a:b], self.calls[a].in_shape, self.calls[b - 1].out_shape)
