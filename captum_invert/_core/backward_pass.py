@@ -17,6 +17,7 @@ from .batching import batched_attribute
 from .base import (
     Goal, InversionMethod, count_reasons, make_generator, random_starts,
 )
+from .forward_pass import by_forward_pass
 from .region import NO_REGIONS, PreimageRegion, assemble, box_rows, class_rows, dist_rows
 
 __all__ = ["BackwardPassInversion"]
@@ -232,7 +233,7 @@ class BackwardPassInversion(InversionMethod):
                                    inputs, spread, return_convergence_delta, allow_unverified, tail, reference)
                 return (*(out if isinstance(out, tuple) else (out,)), list(self.last_regions))
             if lp is not None:  # no analytic inverse of the trunk: the anchors are the samples
-                return self._by_forward_pass(inputs, goal, max_iter=max_iter, input_range=input_range,
+                return by_forward_pass(self, inputs, goal, max_iter=max_iter, input_range=input_range,
                                              min_prob=min_prob, atol=atol, seed=gen, init_std=init_std,
                                              max_retries=max_retries, reference=reference,
                                              return_convergence_delta=return_convergence_delta,

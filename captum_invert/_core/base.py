@@ -77,17 +77,6 @@ class InversionMethod(Attribution):
         inv.input_shape = inv.adapter.input_shape
         return inv
 
-    def _by_forward_pass(self, inputs, goal: Goal, **kwargs):
-        """Solve ``goal`` by :class:`~captum_invert.ForwardPassInversion` on this method's adapter
-        (the route of models that have no closed-form inverse); ``kwargs`` go to its
-        ``attribute``. Sets ``last_stats`` (route ``'forward_pass'``) and clears ``last_regions``."""
-        from .forward_pass import ForwardPassInversion
-
-        inv = self._sibling(ForwardPassInversion, self.input_shape)
-        out = inv.attribute(inputs, goal.labels.tolist() if goal.labels is not None else goal.dist, **kwargs)
-        self.last_stats, self.last_regions = {"route": "forward_pass", **inv.last_stats}, None
-        return out
-
     # --- the parts every method uses -------------------------------------------------------
     def _probe(self) -> Tuple[str, int, Any]:
         """``(kind, n_classes, trace)`` of the model (see :meth:`ModelAdapter.probe`)."""

@@ -179,3 +179,13 @@ class ForwardPassInversion(InversionMethod):
                                                                                  zero.tolist())]),
                                 allow_unverified, return_convergence_delta, "ForwardPassInversion",
                                 goal, kind, input_range, reference)
+
+
+def by_forward_pass(method: InversionMethod, inputs, goal, **kwargs):
+    """Solve ``goal`` for ``method`` by :class:`ForwardPassInversion` on its adapter (the route
+    of models that have no closed-form inverse); ``kwargs`` go to ``attribute``. Sets the
+    method's ``last_stats`` (route ``'forward_pass'``) and clears its ``last_regions``."""
+    inv = method._sibling(ForwardPassInversion, method.input_shape)
+    out = inv.attribute(inputs, goal.labels.tolist() if goal.labels is not None else goal.dist, **kwargs)
+    method.last_stats, method.last_regions = {"route": "forward_pass", **inv.last_stats}, None
+    return out

@@ -16,6 +16,7 @@ from .diagnosis import check_reference
 from .batching import batched_attribute
 from .base import InversionMethod, count_reasons, make_generator, random_starts
 from .goal import goal_residual
+from .forward_pass import by_forward_pass
 from .region import NO_REGIONS
 from .solve import escalate, phased_lm
 
@@ -209,7 +210,7 @@ class GeneralizedInversion(InversionMethod):
             # a piecewise-linear chain: the whole model by LM (see InversionPlan.route)
             whole = compiled or (not lp_route and self.plan.piecewise)
             if whole or (prior is not None or binary) and (one_analytic or lp_route):
-                return self._by_forward_pass(inputs, goal, max_iter=max_iter, input_range=input_range,
+                return by_forward_pass(self, inputs, goal, max_iter=max_iter, input_range=input_range,
                                              min_prob=min_prob, atol=atol, seed=gen, init_std=init_std,
                                              max_retries=max_retries, prior=prior, reference=reference,
                                              return_convergence_delta=return_convergence_delta,
