@@ -114,7 +114,7 @@ def run_demo(dataset: str = "digits", data_root=None, out="demo_out", samples_pe
 
 def run_compare(dataset: str = "digits", data_root=None, out="compare_out", samples_per_class: int = 4,
                 epochs: int = 20, vit_epochs: int = 20, seed: int = 0, progress: bool = True,
-                judge_epochs: int = 12, prior_steps: Optional[int] = None) -> dict:
+                judge_epochs: int = 12, prior_steps: Optional[int] = None, max_retries: int = 10) -> dict:
     """Every method side by side, like the seed paper's Fig. 3: rows are methods, columns are
     classes, each image captioned with the probability its model gives the target class.
     Writes ``methods.png``, ``methods.json`` and ``methods.md`` to ``out``.
@@ -128,7 +128,8 @@ def run_compare(dataset: str = "digits", data_root=None, out="compare_out", samp
     read / forced / rejected (:func:`~captum_invert.metrics.prototype_report`), with the class
     nearest-neighbour distance, the Frechet distance in its features and the per-class diversity.
     ``judge_epochs`` trains the judge, ``prior_steps`` sets the prior's shaping steps (default
-    :data:`~captum_invert.priors.DEFAULT_STEPS`).
+    :data:`~captum_invert.priors.DEFAULT_STEPS`), ``max_retries`` the restarts of the backward,
+    forward and generalized rows (their default, 10).
 
     Returns:
         dict: the table.
@@ -175,15 +176,15 @@ def run_compare(dataset: str = "digits", data_root=None, out="compare_out", samp
         ("activation maximization", nets[2], lambda t: ActivationMaximization(nets[2]).attribute(target=t, seed=seed, input_range=box, allow_unverified=True)),
         ("activation maximization + DataPrior", nets[2], lambda t: ActivationMaximization(nets[2]).attribute(target=t, seed=seed, input_range=box, prior=prior, allow_unverified=True)),
     ] + [
-        (f"backward pass, {d}-layer", nets[d], (lambda d: lambda t: BackwardPassInversion(nets[d]).attribute(target=t, seed=seed, allow_unverified=True))(d))
+        (f"backward pass, {d}-layer", nets[d], (lambda d: lambda t: BackwardPassInversion(nets[d]).attribute(target=t, seed=seed, max_retries=max_retries, allow_unverified=True))(d))
         for d in (1, 2, 6)
     ] + [
-        ("forward pass, 6-layer", nets[6], lambda t: ForwardPassInversion(nets[6]).attribute(target=t, seed=seed, input_range=box, allow_unverified=True)),
-        ("forward pass + DataPrior, 6-layer", nets[6], lambda t: ForwardPassInversion(nets[6]).attribute(target=t, seed=seed, input_range=box, prior=prior, allow_unverified=True)),
-        ("forward pass, ViT", vit, lambda t: ForwardPassInversion(vit).attribute(target=t, seed=seed, allow_unverified=True)),
-        ("forward pass + DataPrior, ViT", vit, lambda t: ForwardPassInversion(vit).attribute(target=t, seed=seed, input_range=box, prior=prior, allow_unverified=True)),
-        ("generalized, ViT", vit, lambda t: GeneralizedInversion(vit).attribute(target=t, seed=seed, input_range=box, allow_unverified=True)),
-        ("generalized + DataPrior, ViT", vit, lambda t: GeneralizedInversion(vit).attribute(target=t, seed=seed, input_range=box, prior=prior, allow_unverified=True)),
+        ("forward pass, 6-layer", nets[6], lambda t: ForwardPassInversion(nets[6]).attribute(target=t, seed=seed, input_range=box, max_retries=max_retries, allow_unverified=True)),
+        ("forward pass + DataPrior, 6-layer", nets[6], lambda t: ForwardPassInversion(nets[6]).attribute(target=t, seed=seed, input_range=box, prior=prior, max_retries=max_retries, allow_unverified=True)),
+        ("forward pass, ViT", vit, lambda t: ForwardPassInversion(vit).attribute(target=t, seed=seed, max_retries=max_retries, allow_unverified=True)),
+        ("forward pass + DataPrior, ViT", vit, lambda t: ForwardPassInversion(vit).attribute(target=t, seed=seed, input_range=box, prior=prior, max_retries=max_retries, allow_unverified=True)),
+        ("generalized, ViT", vit, lambda t: GeneralizedInversion(vit).attribute(target=t, seed=seed, input_range=box, max_retries=max_retries, allow_unverified=True)),
+        ("generalized + DataPrior, ViT", vit, lambda t: GeneralizedInversion(vit).attribute(target=t, seed=seed, input_range=box, prior=prior, max_retries=max_retries, allow_unverified=True)),
     ]
     examples = torch.stack([xtr[(ytr == c).nonzero()[0, 0]] for c in range(C)])
     rows = [("training\nexample", examples, target_probability(nets[2], examples, torch.arange(C)))]
@@ -428,6 +429,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     c.add_argument("--vit-epochs", type=int, default=20)
     c.add_argument("--judge-epochs", type=int, default=12, help="epochs of the independent judge")
     c.add_argument("--prior-steps", type=int, default=None, help="shaping steps of the DataPrior rows")
+    c.add_argument("--max-retries", type=int, default=10, help="restarts of the backward, forward and generalized rows")
     r = command("reconstruct", "learned inversion of features by layer (seed 003)", "reconstruct_out", 5)
     r.add_argument("--model", choices=["fcnn6", "vit"], default="fcnn6")
     r.add_argument("--n-test", type=int, default=500)
@@ -540,9 +542,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if min(args.samples_per_class, args.epochs, args.vit_epochs, args.judge_epochs,
                args.prior_steps or 1) < 1:
             parser.error("--samples-per-class, --epochs, --vit-epochs, --judge-epochs and --prior-steps must be >= 1")
+        if args.max_retries < 0:
+            parser.error("--max-retries must be >= 0")
         job = lambda: run_compare(args.dataset, args.data_root, args.out, args.samples_per_class,  # noqa: E731
                                   args.epochs, args.vit_epochs, args.seed, not args.no_progress,
-                                  args.judge_epochs, args.prior_steps)
+                                  args.judge_epochs, args.prior_steps, args.max_retries)
         stem, figure = "methods", "methods.png"
     else:
         if args.samples_per_class < 1 or args.epochs < 1:

@@ -167,11 +167,13 @@ def test_one_compute_convergence_delta_signature():
 
 
 def test_same_meaning_same_default():
-    # max_retries means the same everywhere; the anchor solve's and LayerInversion's max_iter
-    # differ on purpose (their docstrings say why)
+    # max_retries means the same in the three methods that share the ranked restarts
+    # (LayerInversion's are plain random restarts, 3); the anchor solve's and LayerInversion's
+    # max_iter differ on purpose (their docstrings say why)
     for name in ("BackwardPassInversion", "ForwardPassInversion", "GeneralizedInversion", "LayerInversion"):
         p = inspect.signature(getattr(ci, name).attribute).parameters
-        assert p["max_retries"].default == 3, name
+        assert p["max_retries"].default == (3 if name == "LayerInversion" else 10), name
+        assert ("ranked" in getattr(ci, name).attribute.__doc__) == (name != "LayerInversion"), name
         assert p["min_prob"].default == 0.9 if "min_prob" in p else True
     for name in ("BackwardPassInversion", "LayerInversion"):
         doc = getattr(ci, name).attribute.__doc__

@@ -18,6 +18,7 @@ from .base import (
     Goal, InversionMethod, count_reasons, make_generator, random_starts,
 )
 from .forward_pass import by_forward_pass
+from .solve import Restarts
 from .region import NO_REGIONS, PreimageRegion, assemble, box_rows, class_rows, dist_rows
 
 __all__ = ["BackwardPassInversion"]
@@ -143,7 +144,7 @@ class BackwardPassInversion(InversionMethod):
         atol: float = 0.02,
         margin: float = 0.05,
         max_iter: int = 50,
-        max_retries: int = 3,
+        max_retries: int = 10,
         init_std: float = 0.1,
         return_convergence_delta: bool = False,
         allow_unverified: bool = False,
@@ -175,7 +176,9 @@ class BackwardPassInversion(InversionMethod):
             max_iter (int): Levenberg-Marquardt iterations of each anchor solve (50, not the 30 of
                 ForwardPassInversion: an anchor aims at the middle of the class region, not just
                 past ``min_prob``, so that the region around it has room).
-            max_retries (int): new random starts for samples that fail.
+            max_retries (int): restarts for samples that fail, each from the best of many ranked
+                draws, some crossed with what earlier starts reached (see
+                :class:`~captum_invert._core.solve.Restarts`). Default: 10.
             init_std (float): standard deviation of random starts without ``input_range`` (0.1,
                 not the 1.0 of ForwardPassInversion: the anchors' starts, kept from the first
                 release and not re-measured since).
@@ -374,7 +377,7 @@ class BackwardPassInversion(InversionMethod):
     def region(self, target, *, seed=None, input_range: Optional[Tuple[float, float]] = None,
                inputs: Optional[Tensor] = None, min_prob: float = 0.9, atol: float = 0.02,
                std: float = 0.1, cond_num: float = 100.0, margin: float = 0.05, max_iter: int = 50,
-               max_retries: int = 3, init_std: float = 0.1) -> PreimageRegion:
+               max_retries: int = 10, init_std: float = 0.1) -> PreimageRegion:
         r"""A certified preimage region of a piecewise-linear net: a polytope of inputs, every
         point of which the model maps to ``target``.
 
@@ -432,6 +435,7 @@ class BackwardPassInversion(InversionMethod):
         why_analytic = list(why)
         stats = self.last_stats = {"analytic": int(ok.sum()), "anchored": 0, "anchor_failed": 0, "retries": 0}
         # 2. anchored pass for the rest
+        learn = Restarts(self.adapter, goal, kind, shape, input_range, gen, init_std, max_iter)
         for attempt in range(max_retries + 1):
             todo = (~ok).nonzero().squeeze(1)
             if todo.numel() == 0:
@@ -440,16 +444,19 @@ class BackwardPassInversion(InversionMethod):
             g = goal.subset(todo)
             if attempt == 0 and inputs is not None:
                 x0 = inputs[todo].detach()
-            else:
+            elif attempt == 0:
                 x0 = random_starts(len(todo), shape, input_range, gen, init_std, dtype, device)
+            else:
+                x0 = learn.starts(todo)
             # an anchor that already verifies is kept even if it stopped short of the aim
             sol, found, _, _ = self._solve_to_goal(x0, g, kind, max_iter, input_range,
                                              tail=tail)
+            learn.update(todo, sol.x, found, sol.n_iter)
             stats["anchor_failed"] += int((~found).sum())
             for j, i in enumerate(todo.tolist()):
                 if not found[j]:
-                    why[i] = (f"the Levenberg-Marquardt anchor solve did not reach the target in "
-                              f"{max_iter} iterations from {max_retries + 1} random start(s); "
+                    why[i] = ("the Levenberg-Marquardt anchor solve did not reach the target ("
+                              f"{learn.report(max_iter, self.solver.escalation)}); "
                               f"the analytic pass: {why_analytic[i]}")
             idx_f = found.nonzero().squeeze(1)
             if idx_f.numel() == 0:

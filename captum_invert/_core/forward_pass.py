@@ -11,6 +11,7 @@ from ..priors import resolve_prior
 from .diagnosis import check_reference
 from .batching import batched_attribute
 from .base import InversionMethod, count_reasons, make_generator, random_starts
+from .solve import Restarts
 
 __all__ = ["ForwardPassInversion"]
 
@@ -33,8 +34,10 @@ class ForwardPassInversion(InversionMethod):
     the batch. Samples that do not converge in ``max_iter`` iterations are escalated: up to
     ``5 * max_iter`` steps of projected Adam on the same residual, with surrogate gradients
     through saturated activations (:func:`~captum_invert.solvers.surrogate_gradients`; the
-    values stay the model's own). Those still short are restarted from new random points, up to
-    ``max_retries`` times. After that an
+    values stay the model's own). Those still short are restarted, up to ``max_retries`` times,
+    each time from the best of many draws ranked by the target's log-odds: draws of varied
+    intensity and resolution, half of them crossed with the sample's best point so far or a
+    verified sample of the same target (:class:`~captum_invert._core.solve.Restarts`). After that an
     :class:`~captum_invert.InversionError` is raised, unless ``allow_unverified=True``.
 
     The model runs in eval mode during the call and in its own dtype and device; every
@@ -63,7 +66,7 @@ class ForwardPassInversion(InversionMethod):
         atol: float = 0.02,
         seed=None,
         init_std: float = 1.0,
-        max_retries: int = 3,
+        max_retries: int = 10,
         residual: str = "log_prob",
         prior=None,
         return_convergence_delta: bool = False,
@@ -88,7 +91,9 @@ class ForwardPassInversion(InversionMethod):
             atol (float): for distribution targets, the max-abs tolerance.
             seed (int or torch.Generator, optional): makes the result reproducible.
             init_std (float): standard deviation of random starts without ``input_range``.
-            max_retries (int): new random starts for samples that do not converge.
+            max_retries (int): restarts for samples that fail, each from the best of many ranked
+                draws, some crossed with what earlier starts reached (see
+                :class:`~captum_invert._core.solve.Restarts`). Default: 10.
             residual (str): ``'log_prob'`` (default) or ``'prob'``; see
                 :func:`~captum_invert._core.solve.solve_to_goal`.
             prior (optional): an image prior (:mod:`captum_invert.priors`), ``'auto'``
@@ -140,6 +145,7 @@ class ForwardPassInversion(InversionMethod):
             zero = torch.zeros(N, dtype=torch.bool)
             stats = self.last_stats
             stats.update(restarts=0, converged_first_start=0)
+            learn = Restarts(self.adapter, goal, kind, self.input_shape, input_range, gen, init_std, max_iter)
             for attempt in range(max_retries + 1):
                 todo = (~ok).nonzero().squeeze(1)
                 if todo.numel() == 0:
@@ -149,7 +155,8 @@ class ForwardPassInversion(InversionMethod):
                     if input_range is not None:
                         x0 = x0.clamp(*input_range)
                 elif prior is None:
-                    x0 = random_starts(len(todo), self.input_shape, input_range, gen, init_std, dtype, device)
+                    x0 = (random_starts(len(todo), self.input_shape, input_range, gen, init_std, dtype, device)
+                          if attempt == 0 else learn.starts(todo))
                 if prior is not None:
                     x0 = self._shaped_starts(prior, goal.subset(todo), kind, input_range, gen,
                                              x0 if attempt == 0 and inputs is not None else None)
@@ -158,6 +165,7 @@ class ForwardPassInversion(InversionMethod):
                                                         input_range, residual, stop=0.1, tail=tail)
                 x[todo.to(device)] = sol.x.detach().to(x.dtype)
                 delta[todo], ok[todo] = d_t, ok_t
+                learn.update(todo, sol.x, ok_t, sol.n_iter)
                 iters[todo] += sol.n_iter.cpu()
                 nonfinite[todo] = ~sol.finite.cpu()
                 zero[todo] = sol.zero_grad.cpu() & ~ok_t
@@ -166,9 +174,12 @@ class ForwardPassInversion(InversionMethod):
                 if attempt == 0:
                     stats["converged_first_start"] = int(ok_t.sum())
             stats["mean_iterations"] = float(iters.double().mean())
-            reason = (f"Levenberg-Marquardt did not reach the target within {max_iter} iterations "
-                      f"from {max_retries + 1} random start(s)"
-                      + (f" inside input_range {input_range}" if input_range else ""))
+            failed = (~ok).nonzero().squeeze(1)
+            if failed.numel() and learn.x_best is not None:  # the best point each failed sample reached
+                x[failed.to(device)] = learn.best(failed).to(x)
+                delta[failed] = 1.0 - learn.p_best[failed]
+            reason = ("did not reach the target" + (f" inside input_range {input_range}" if input_range else "")
+                      + f": {learn.report(max_iter, self.solver.escalation)}")
             bad = ("the model's Jacobian (or its residual) became NaN or infinite at the iterate of the "
                    "last start; check the model for non-finite outputs or gradients")
             flat = ("the model's output has exactly zero gradient with respect to its input at the start "

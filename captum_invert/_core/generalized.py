@@ -18,7 +18,7 @@ from .base import InversionMethod, count_reasons, make_generator, random_starts
 from .goal import goal_residual
 from .forward_pass import by_forward_pass
 from .region import NO_REGIONS
-from .solve import escalate, phased_lm
+from .solve import Restarts, escalate, phased_lm
 
 __all__ = ["GeneralizedInversion"]
 
@@ -123,7 +123,7 @@ class GeneralizedInversion(InversionMethod):
         margin: float = 0.05,
         seed=None,
         init_std: float = 1.0,
-        max_retries: int = 3,
+        max_retries: int = 10,
         prior=None,
         return_convergence_delta: bool = False,
         allow_unverified: bool = False,
@@ -148,7 +148,9 @@ class GeneralizedInversion(InversionMethod):
                 :class:`~captum_invert.BackwardPassInversion`).
             seed (int or torch.Generator, optional): reproducibility.
             init_std (float): standard deviation of random starts without ``input_range``.
-            max_retries (int): new random starts for samples that fail.
+            max_retries (int): restarts for samples that fail, each from the best of many ranked
+                draws, some crossed with what earlier starts reached (see
+                :class:`~captum_invert._core.solve.Restarts`). Default: 10.
             prior (optional): an image prior (:mod:`captum_invert.priors`), ``'auto'`` or None.
                 Every start is first shaped by it; the blocks then move the shaped image as
                 little as they can: the analytic head keeps the start's own null-space component
@@ -270,6 +272,7 @@ class GeneralizedInversion(InversionMethod):
         why = [""] * N
         stats = self.last_stats
         stats.update(route="generalized", head=head is not None, tail=tail is not None, restarts=0)
+        learn = Restarts(self.adapter, goal, kind, shape, input_range, gen, init_std, max_iter)
         for attempt in range(max_retries + 1):
             todo = (~ok).nonzero().squeeze(1)
             if todo.numel() == 0:
@@ -279,7 +282,8 @@ class GeneralizedInversion(InversionMethod):
             if attempt == 0 and inputs is not None:
                 x0 = inputs[todo].detach().to(dtype=dtype, device=device)
             elif prior is None:
-                x0 = random_starts(len(todo), shape, input_range, gen, init_std, dtype, device)
+                x0 = (random_starts(len(todo), shape, input_range, gen, init_std, dtype, device) if attempt == 0
+                      else learn.starts(todo))
             if prior is not None:
                 x0 = self._shaped_starts(prior, g, kind, input_range, gen,
                                          x0 if attempt == 0 and inputs is not None else None)
@@ -298,7 +302,7 @@ class GeneralizedInversion(InversionMethod):
             # the first attempt solves in the head's output space; retries solve on the inputs,
             # where input_range is a plain box (the head's image of the box is not)
             use_head = head is not None and attempt == 0
-            sol_v = self._solve(plan, goal.subset(todo), kind, x0, head if use_head else None, tail,
+            sol_v, steps = self._solve(plan, goal.subset(todo), kind, x0, head if use_head else None, tail,
                                 i_mid if use_head else 0, null, max_iter, input_range,
                                 (u_lo, u_hi) if use_head else None, tail_chain)
             if use_head:
@@ -330,12 +334,17 @@ class GeneralizedInversion(InversionMethod):
             ok_t, d_t, _ = self._verify(xs, goal.subset(todo), kind, input_range)
             x[todo.to(device)] = xs
             delta[todo], ok[todo] = d_t, ok_t
+            learn.update(todo, xs, ok_t, steps)
             for j, i in enumerate(todo.tolist()):
                 if ok_t[j]:
                     why[i] = ""
-                elif not why[i]:
-                    why[i] = (f"Levenberg-Marquardt through the opaque blocks did not reach the "
-                              f"target within {max_iter} iterations")
+                elif attempt or not why[i]:
+                    why[i] = ("Levenberg-Marquardt through the opaque blocks did not reach the target ("
+                              f"{learn.report(max_iter, self.solver.escalation)})")
+        failed = (~ok).nonzero().squeeze(1)
+        if failed.numel() and learn.x_best is not None:  # the best point each failed sample reached
+            x[failed.to(device)] = learn.best(failed).to(x)
+            delta[failed] = 1.0 - learn.p_best[failed]
         return self._finish(x, ok, delta, count_reasons([w if not o else "" for w, o in zip(why, ok.tolist())]),
                             allow_unverified, return_delta, "GeneralizedInversion", goal, kind, input_range,
                             reference)
@@ -343,7 +352,7 @@ class GeneralizedInversion(InversionMethod):
     def _solve(self, plan, goal, kind, x0, head, tail, i_mid, null, max_iter, input_range, u_box,
                tail_chain):
         """Levenberg-Marquardt on the middle: variables are the head's output (with a head) or
-        the inputs; returns the solution."""
+        the inputs; returns the solution and the solver steps of each sample."""
         adapter = self.adapter
         mdt, device = adapter.dtype_device
         dtype = adapter.solver_dtype  # half / bfloat16 models: float32 variables and algebra
@@ -391,4 +400,4 @@ class GeneralizedInversion(InversionMethod):
         finally:
             if hook is not None:
                 hook.remove()
-        return sol.x.detach().to(mdt)
+        return sol.x.detach().to(mdt), sol.n_iter

@@ -15,8 +15,14 @@ from .goal import Goal, goal_residual
 from .model import ModelAdapter
 from .reachability import tail_range
 
-__all__ = ["SolverSettings", "make_generator", "random_starts", "verify", "phased_lm", "escalate",
-           "solve_to_goal", "shaped_starts", "step_scale"]
+__all__ = ["SolverSettings", "make_generator", "random_starts", "varied_draws", "Restarts", "verify",
+           "phased_lm", "escalate", "solve_to_goal", "shaped_starts", "step_scale", "DRAWS_PER_STEP"]
+
+#: Draws that :class:`Restarts` ranks per sample and restart, per solver step that the
+#: sample's previous start used (a step is a forward and a backward pass, about three forward
+#: passes; ranking a draw is one): ranking costs about what the solve it feeds costs. At least
+#: ``max_iter`` steps' worth, at most ``32 * max_iter`` draws.
+DRAWS_PER_STEP = 3
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,181 @@ def random_starts(n: int, shape: Tuple[int, ...], input_range, gen: torch.Genera
     else:
         x = torch.randn((n, *shape), generator=gen, dtype=torch.float64) * init_std
     return x.to(dtype=dtype, device=device)
+
+
+def varied_draws(n: int, shape: Tuple[int, ...], input_range, gen: torch.Generator,
+                 init_std: float = 1.0) -> Tensor:
+    """``(n, *shape)`` float64 CPU draws that differ in their overall intensity and scale, not
+    only in their pixels: independent uniform draws in a box all have the same mean and the
+    same look (the law of large numbers), so restarts from them explore nothing new.
+
+    Each draw is a noise field at a random resolution (the full one with probability 1/2, else
+    the last two dimensions at ``1/2, 1/4, ...`` of their size, bilinearly upsampled; inputs of
+    one dimension keep the full resolution), with a random intensity ``q ~ U(0, 1)``: either
+    scaled by ``q`` or, with probability 1/2, kept only where a second field is below ``q`` (a
+    random share of the input switched on). Inside ``input_range = (lo, hi)`` the draw is
+    ``lo + (hi - lo) * v``, so 0 is the low end; without it the field is standard normal with
+    standard deviation ``2 q init_std``.
+    """
+    dt = torch.float64
+    bounded = input_range is not None
+    spatial = len(shape) >= 2 and min(shape[-2:]) >= 4
+    levels = []
+    if spatial:
+        h, w = shape[-2:]
+        k = 1
+        while min(h, w) >> k >= 1:
+            levels.append((max(1, h >> k), max(1, w >> k)))
+            k += 1
+    full = torch.rand(n, generator=gen) < 0.5 if levels else torch.ones(n, dtype=torch.bool)
+    pick = torch.randint(max(1, len(levels)), (n,), generator=gen)
+
+    def field():
+        f = torch.rand((n, *shape), generator=gen, dtype=dt) if bounded else \
+            torch.randn((n, *shape), generator=gen, dtype=dt)
+        for j, size in enumerate(levels):
+            rows = (~full & (pick == j)).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            lead = (len(rows), int(torch.tensor(shape[:-2]).prod()) if len(shape) > 2 else 1)
+            low = torch.rand((*lead, *size), generator=gen, dtype=dt) if bounded else \
+                torch.randn((*lead, *size), generator=gen, dtype=dt)
+            up = torch.nn.functional.interpolate(low, size=shape[-2:], mode="bilinear", align_corners=False)
+            if not bounded:  # upsampling averages: back to unit spread
+                up = up / up.flatten(1).std(1).clamp_min(1e-12).reshape(-1, 1, 1, 1)
+            f[rows] = up.reshape(len(rows), *shape)
+        return f
+
+    v = field()
+    one = (n,) + (1,) * len(shape)
+    q = torch.rand(one, generator=gen, dtype=dt)
+    masked = (torch.rand(one, generator=gen) < 0.5)
+    if bounded:
+        v = torch.where(masked, torch.where(field() < q, v, torch.zeros_like(v)), v * q)
+        lo, hi = input_range
+        return lo + (hi - lo) * v
+    return v * (2 * init_std) * torch.where(masked, q.sqrt(), q)
+
+
+class Restarts:
+    """The starts of every attempt after the first, for the samples that failed:
+    ``DRAWS_PER_STEP`` candidates per solver step that the previous start used (at least
+    ``DRAWS_PER_STEP * max_iter``, at most ``32 * max_iter``) per sample, ranked by the goal's score at the candidate (one forward pass each,
+    no gradient), the best one kept. Half the candidates are fresh :func:`varied_draws`; the
+    other half cross a fresh draw with what earlier attempts found, ``l * y + (1 - l) * draw``
+    with ``l ~ U(0, 1)`` and ``y`` the sample's own best point so far or, with equal chance, a
+    verified sample of the same target. The score is the target's log-odds (a class) or minus
+    ``KL(p* || p)`` (a distribution); the best point so far is kept per sample
+    (:meth:`best`), and each attempt's best probability (:attr:`trace`) goes into the failure
+    report.
+
+    Args:
+        adapter (ModelAdapter): the caller's model.
+        goal (Goal): the call's whole goal (``N`` samples).
+        kind (str): how the model's output is read.
+        shape (tuple): one input's shape.
+        input_range, gen, init_std, max_iter: as in the methods' ``attribute``.
+    """
+
+    def __init__(self, adapter: ModelAdapter, goal: Goal, kind: str, shape, input_range, gen,
+                 init_std: float = 1.0, max_iter: int = 30) -> None:
+        self.max_iter = max_iter
+        self.n_draws = DRAWS_PER_STEP * max_iter
+        self.work = torch.zeros(goal.n, dtype=torch.long)  # solver steps each sample has used so far
+        self.adapter, self.goal, self.kind, self.shape = adapter, goal, kind, tuple(shape)
+        self.input_range, self.gen, self.init_std = input_range, gen, init_std
+        self.x_best: Optional[Tensor] = None
+        self.s_best = torch.full((goal.n,), -math.inf, dtype=torch.float64)
+        self.p_best = torch.zeros(goal.n, dtype=torch.float64)
+        self.ok = torch.zeros(goal.n, dtype=torch.bool)
+        self.trace = []  # per attempt: (samples tried, best p among those that failed)
+        key = goal.labels.double()[:, None] if goal.labels is not None else goal.dist.double()
+        self.group = torch.unique(key.cpu(), dim=0, return_inverse=True)[1]
+
+    def _score(self, x: Tensor, idx: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(score, p)`` float64 ``(b,)`` on the CPU: the score and the target's probability
+        (for a distribution, ``1 - delta``)."""
+        with torch.no_grad():
+            lp = self.adapter.log_probs(self.adapter.cast(x), self.kind).double().cpu()
+        g = self.goal.subset(idx)
+        if g.labels is not None:
+            t = g.labels.cpu()[:, None]
+            lt = lp.gather(1, t).squeeze(1)
+            other = torch.logsumexp(lp.scatter(1, t, -math.inf), 1)
+            s = lt - other
+        else:
+            P = g.dist.double().cpu()
+            s = (P * (lp - P.clamp_min(1e-300).log())).sum(1)
+        s = torch.nan_to_num(s, nan=-math.inf)
+        return s, 1.0 - g.delta(lp.exp())
+
+    def update(self, idx: Tensor, x: Tensor, ok: Tensor, steps: Optional[Tensor] = None) -> None:
+        """Record an attempt: the samples ``idx`` ``(b,)`` ended at ``x`` ``(b, *shape)``, ``ok``
+        ``(b,)`` of them verified, after ``steps`` ``(b,)`` solver steps each (default
+        ``max_iter``)."""
+        idx, ok = idx.cpu(), ok.cpu()
+        self.work[idx] += steps.cpu().long() if steps is not None else self.max_iter
+        if self.x_best is None:
+            self.x_best = torch.zeros((self.goal.n, *self.shape), dtype=torch.float64)
+        s, p = self._score(x, idx)
+        s = torch.where(ok, torch.full_like(s, math.inf), s)  # a verified point is the best
+        better = s > self.s_best[idx]
+        rows = idx[better]
+        self.x_best[rows] = x[better.to(x.device)].detach().double().cpu()
+        self.s_best[rows], self.p_best[rows] = s[better], p[better]
+        self.ok[idx] |= ok
+        bad = ~ok
+        self.trace.append((len(idx), float(self.p_best[idx[bad]].max()) if bool(bad.any()) else None))
+
+    def best(self, idx: Tensor) -> Tensor:
+        """The best points so far of the samples ``idx``, float64 on the CPU."""
+        return self.x_best[idx.cpu()]
+
+    def starts(self, idx: Tensor) -> Tensor:
+        """``(len(idx), *shape)`` starts for the samples ``idx``, in the model's dtype and device."""
+        idx = idx.cpu()
+        lo, hi = DRAWS_PER_STEP * self.max_iter, 32 * self.max_iter
+        K = self.n_draws = int(min(max(DRAWS_PER_STEP * float(self.work[idx].double().median()), lo), hi))
+        m, nd = len(idx), len(self.shape)
+        numel = max(1, int(torch.tensor(self.shape).prod()))
+        cap = max(1, (1 << 22) // numel)  # candidates per forward pass: about 32 MB of float64
+        best_s = torch.full((m,), -math.inf, dtype=torch.float64)
+        best_x = self.x_best[idx].clone()
+        sibs = {int(g): (self.ok & (self.group == g)).nonzero().squeeze(1) for g in self.group[idx].unique()}
+        for a in range(0, m * K, cap):
+            slot = torch.arange(a, min(a + cap, m * K)) // K  # which of the m samples
+            owner = idx[slot]
+            n = len(slot)
+            cand = varied_draws(n, self.shape, self.input_range, self.gen, self.init_std)
+            partner = self.x_best[owner]
+            for g, pool in sibs.items():  # half the partners: a verified sample of the same target
+                rows = ((self.group[owner] == g) & (torch.rand(n, generator=self.gen) < 0.5)).nonzero().squeeze(1)
+                if pool.numel() and rows.numel():
+                    partner[rows] = self.x_best[pool[torch.randint(len(pool), (len(rows),), generator=self.gen)]]
+            lam = torch.rand((n,) + (1,) * nd, generator=self.gen, dtype=torch.float64)
+            cross = (torch.rand(n, generator=self.gen) < 0.5).reshape(-1, *[1] * nd)
+            cand = torch.where(cross, lam * partner + (1 - lam) * cand, cand)
+            s, _ = self._score(cand, owner)
+            for j in slot.unique().tolist():
+                here = (slot == j).nonzero().squeeze(1)
+                k = here[s[here].argmax()]
+                if s[k] > best_s[j]:
+                    best_s[j], best_x[j] = s[k], cand[k]
+        return self.adapter.cast(best_x)
+
+    def report(self, max_iter: int, escalation: bool) -> str:
+        """The stages tried, their budgets and the best probability the failed samples reached
+        after each (one string for all of them)."""
+        per = (f"each start Levenberg-Marquardt up to {max_iter} iterations"
+               + (f" then projected Adam up to {5 * max_iter} steps" if escalation else ""))
+        first = self.trace[0][1] if self.trace else None
+        out = f"{per}; from random starts best p {first:.3g}" if first is not None else per
+        if len(self.trace) > 1:
+            last = self.trace[-1][1]
+            out += (f"; after {len(self.trace) - 1} restart(s) from {self.n_draws} ranked draws per sample "
+                    f"(crossed with the best point so far and verified samples of the same target) best p "
+                    + (f"{last:.3g}" if last is not None else "-"))
+        return out
 
 
 def verify(adapter: ModelAdapter, x: Tensor, goal: Goal, kind: str, input_range=None
