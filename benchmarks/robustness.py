@@ -7,11 +7,14 @@ For each net:
 - for BackwardPassInversion, ForwardPassInversion and GeneralizedInversion at their defaults,
   unboxed and with input_range=(0, 1): the verified share of ``--per-class`` samples of every
   class, and the median over classes of the milliseconds per verified sample;
-- "before": Levenberg-Marquardt only (the escalation switched off,
-  ``SolverSettings(escalation=False)``: the path of the releases before it); "after": the defaults.
+- "before", with ``--before escalation`` (the default): Levenberg-Marquardt only (the
+  escalation switched off, ``SolverSettings(escalation=False)``: the path of the releases before
+  it); with ``--before restarts``: the restarts of the release before the ranked ones (plain
+  uniform or normal draws, ``max_retries=3``); "after": the defaults.
 Then the failures' reasons and diagnoses.
 
 Usage: python benchmarks/robustness.py [--data-root DIR] [--per-class 20] [--nets all|hard|ordinary|NAMES]
+    [--before escalation|restarts]
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from torch import nn
 from captum_invert import BackwardPassInversion, ForwardPassInversion, GeneralizedInversion, InversionError
 from captum_invert import SolverSettings
 from captum_invert._core.diagnosis import format_diagnosis
+from captum_invert._core.solve import Restarts, random_starts
 from captum_invert.blocks.plan import model_mode_guard
 from captum_invert.metrics import class_probabilities
 from captum_invert.models import FCNN, TrainConfig, accuracy, seed_fcnn, train, vit_mnist_small
@@ -74,20 +78,31 @@ def _methods(net):
             if isinstance(net, FCNN) or c is not BackwardPassInversion]
 
 
-def _run(cls, net, per_class, rng, escalate, diag):
+def _plain_starts(self, idx):
+    """The restarts before the ranked ones: fresh draws like the first start's."""
+    return self.adapter.cast(random_starts(len(idx), self.shape, self.input_range, self.gen, self.init_std))
+
+
+def _run(cls, net, per_class, rng, escalate, diag, plain_restarts=False):
     """Per-class calls: (verified share, median ms per verified sample, mean iterations)."""
     settings = SolverSettings(escalation=escalate)
     n_ok, costs, iters = 0, [], []
+    ranked = Restarts.starts
     for c in range(10):
         inv = cls(net, solver=settings)
         t = time.perf_counter()
         try:
-            n = len(inv.attribute(target=[c] * per_class, seed=c, input_range=rng))
+            if plain_restarts:
+                Restarts.starts = _plain_starts
+            n = len(inv.attribute(target=[c] * per_class, seed=c, input_range=rng,
+                                  **({"max_retries": 3} if plain_restarts else {})))
         except InversionError as e:
             n = e.n_verified
-            if escalate:
+            if escalate and not plain_restarts:
                 diag.append(f"{cls.__name__}{' in (0,1)' if rng else ''}, class {c}: {e.reasons}; "
                             + "; ".join(format_diagnosis(e.diagnosis or [], 0.9)))
+        finally:
+            Restarts.starts = ranked
         dt = time.perf_counter() - t
         n_ok += n
         costs.append(1000 * dt / n if n else float("inf"))
@@ -100,6 +115,8 @@ def main():
     ap = parser(__doc__)
     ap.add_argument("--per-class", type=int, default=20)
     ap.add_argument("--nets", default="all", help="all, hard, ordinary, or comma-separated indices into NETS")
+    ap.add_argument("--before", choices=["escalation", "restarts"], default="escalation",
+                    help="what 'before' lacks: the escalation, or the ranked restarts")
     args = ap.parse_args()
     name, tr, te = data(args)
     if args.nets in ("all", "hard", "ordinary"):
@@ -122,7 +139,8 @@ def main():
         for cls in _methods(net):
             for rng in (None, (0.0, 1.0)):
                 diag = []
-                b = _run(cls, net, args.per_class, rng, False, diag)
+                b = (_run(cls, net, args.per_class, rng, True, diag, plain_restarts=True) if args.before == "restarts"
+                     else _run(cls, net, args.per_class, rng, False, diag))
                 a = _run(cls, net, args.per_class, rng, True, diag)
                 it = (f"{b[2]:.1f} / {a[2]:.1f}" if b[2] is not None and a[2] is not None else "-")
                 print(f"| {tag} | {fam} | {acc:.3f} | {reach:.2f} | {cls.__name__} | {'[0, 1]' if rng else 'free'} | "

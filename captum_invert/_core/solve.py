@@ -199,8 +199,11 @@ class Restarts:
         self.work[idx] += steps.cpu().long() if steps is not None else self.max_iter
         if self.x_best is None:
             self.x_best = torch.zeros((self.goal.n, *self.shape), dtype=torch.float64)
-        s, p = self._score(x, idx)
-        s = torch.where(ok, torch.full_like(s, math.inf), s)  # a verified point is the best
+        s = torch.full((len(idx),), math.inf, dtype=torch.float64)  # a verified point is the best
+        p = torch.ones(len(idx), dtype=torch.float64)
+        bad = (~ok).nonzero().squeeze(1)
+        if bad.numel():  # only the failed ones are run again
+            s[bad], p[bad] = self._score(x[bad.to(x.device)], idx[bad])
         better = s > self.s_best[idx]
         rows = idx[better]
         self.x_best[rows] = x[better.to(x.device)].detach().double().cpu()
