@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from captum_invert import BackwardPassInversion, ForwardPassInversion, GeneralizedInversion
+from captum_invert import BackwardPassInversion, ForwardPassInversion, GeneralizedInversion, SolverSettings
 from captum_invert._core import solve
 from captum_invert._core.solve import Restarts, random_starts, varied_draws
 from captum_invert.datasets import load_digits
@@ -93,3 +93,16 @@ def test_restarts_keep_the_best_point_and_widen_with_the_work_spent(hard_nets):
     s_new = r._score(xs, idx[:2])[0]
     cand = varied_draws(r.n_draws, (1, 8, 8), BOX, torch.Generator().manual_seed(5))
     assert bool((s_new >= r._score(cand, idx[:1].repeat(len(cand)))[0].median()).all())  # ranked, not random
+
+
+def test_restarts_serve_distribution_targets():
+    # one Levenberg-Marquardt step per start: the first starts fall short, the restarts (ranked
+    # by -KL(p* || p)) bring every sample within atol
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 16), nn.ELU(), nn.Linear(16, 4))
+    P = torch.tensor([0.5, 0.3, 0.1, 0.1])
+    inv = ForwardPassInversion(net, input_shape=(10,), solver=SolverSettings(escalation=False))
+    x, d = inv.attribute(target=P, n_samples=5, seed=0, max_iter=1, return_convergence_delta=True)
+    assert inv.last_stats["restarts"] > 0 and bool((d <= 0.02).all())
+    with torch.no_grad():
+        assert float((torch.softmax(net(x), 1) - P).abs().max()) <= 0.02
