@@ -9,8 +9,8 @@ For each net:
   class, and the median over classes of the milliseconds per verified sample;
 - "before", with ``--before escalation`` (the default): Levenberg-Marquardt only (the
   escalation switched off, ``SolverSettings(escalation=False)``: the path of the releases before
-  it); with ``--before restarts``: the restarts of the release before the ranked ones (plain
-  uniform or normal draws, ``max_retries=3``); "after": the defaults.
+  it); with ``--before restarts``: the restarts of the release before the ranked ones
+  (``SolverSettings(ranked_restarts=False)``, ``max_retries=3``); "after": the defaults.
 Then the failures' reasons and diagnoses.
 
 Usage: python benchmarks/robustness.py [--data-root DIR] [--per-class 20] [--nets all|hard|ordinary|NAMES]
@@ -27,7 +27,6 @@ from torch import nn
 from captum_invert import BackwardPassInversion, ForwardPassInversion, GeneralizedInversion, InversionError
 from captum_invert import SolverSettings
 from captum_invert._core.diagnosis import format_diagnosis
-from captum_invert._core.solve import Restarts, random_starts
 from captum_invert.blocks.plan import model_mode_guard
 from captum_invert.metrics import class_probabilities
 from captum_invert.models import FCNN, TrainConfig, accuracy, seed_fcnn, train, vit_mnist_small
@@ -78,22 +77,14 @@ def _methods(net):
             if isinstance(net, FCNN) or c is not BackwardPassInversion]
 
 
-def _plain_starts(self, idx):
-    """The restarts before the ranked ones: fresh draws like the first start's."""
-    return self.adapter.cast(random_starts(len(idx), self.shape, self.input_range, self.gen, self.init_std))
-
-
 def _run(cls, net, per_class, rng, escalate, diag, plain_restarts=False):
     """Per-class calls: (verified share, median ms per verified sample, mean iterations)."""
-    settings = SolverSettings(escalation=escalate)
+    settings = SolverSettings(escalation=escalate, ranked_restarts=not plain_restarts)
     n_ok, costs, iters = 0, [], []
-    ranked = Restarts.starts
     for c in range(10):
         inv = cls(net, solver=settings)
         t = time.perf_counter()
         try:
-            if plain_restarts:
-                Restarts.starts = _plain_starts
             n = len(inv.attribute(target=[c] * per_class, seed=c, input_range=rng,
                                   **({"max_retries": 3} if plain_restarts else {})))
         except InversionError as e:
@@ -101,8 +92,6 @@ def _run(cls, net, per_class, rng, escalate, diag, plain_restarts=False):
             if escalate and not plain_restarts:
                 diag.append(f"{cls.__name__}{' in (0,1)' if rng else ''}, class {c}: {e.reasons}; "
                             + "; ".join(format_diagnosis(e.diagnosis or [], 0.9)))
-        finally:
-            Restarts.starts = ranked
         dt = time.perf_counter() - t
         n_ok += n
         costs.append(1000 * dt / n if n else float("inf"))

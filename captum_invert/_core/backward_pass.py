@@ -18,7 +18,6 @@ from .base import (
     Goal, InversionMethod, count_reasons, make_generator, random_starts,
 )
 from .forward_pass import by_forward_pass
-from .solve import Restarts
 from .region import NO_REGIONS, PreimageRegion, assemble, box_rows, class_rows, dist_rows
 
 __all__ = ["BackwardPassInversion"]
@@ -237,10 +236,10 @@ class BackwardPassInversion(InversionMethod):
                 return (*(out if isinstance(out, tuple) else (out,)), list(self.last_regions))
             if lp is not None:  # no analytic inverse of the trunk: the anchors are the samples
                 return by_forward_pass(self, inputs, goal, max_iter=max_iter, input_range=input_range,
-                                             min_prob=min_prob, atol=atol, seed=gen, init_std=init_std,
-                                             max_retries=max_retries, reference=reference,
-                                             return_convergence_delta=return_convergence_delta,
-                                             allow_unverified=allow_unverified)
+                                       min_prob=min_prob, atol=atol, seed=gen, init_std=init_std,
+                                       max_retries=max_retries, reference=reference,
+                                       return_convergence_delta=return_convergence_delta,
+                                       allow_unverified=allow_unverified)
             chain = self._chain(trace, cond_num)
             chain.set_boxes(margin, input_range)
             return self._run(chain, kind, goal, std, gen, input_range, max_iter, max_retries,
@@ -339,6 +338,7 @@ class BackwardPassInversion(InversionMethod):
         anchor_goal = goal if goal.dist is None else Goal(None, goal.dist, goal.n_classes, goal.min_prob,
                                                           goal.atol / 2)
         stats = self.last_stats = {"route": "lp", "anchors": 0, "regions": 0, "retries": 0}
+        learn = self._restarts(anchor_goal, kind, input_range, gen, init_std, max_iter)
         for attempt in range(max_retries + 1):
             todo = (~ok).nonzero().squeeze(1)
             if todo.numel() == 0:
@@ -346,15 +346,18 @@ class BackwardPassInversion(InversionMethod):
             stats["retries"] = attempt
             if attempt == 0 and inputs is not None:
                 x0 = inputs[todo].detach()
-            else:
+            elif attempt == 0:
                 x0 = random_starts(len(todo), shape, input_range, gen, init_std, dtype, device)
+            else:
+                x0 = learn.starts(todo)
             sol, found, _, _ = self._solve_to_goal(x0, anchor_goal.subset(todo), kind, max_iter, input_range,
                                                    tail=tail)
+            learn.update(todo, sol.x, found, sol.n_iter)
             stats["anchors"] += int(found.sum())
             for j, i in enumerate(todo.tolist()):
                 if not found[j]:
-                    why[i] = (f"the Levenberg-Marquardt anchor solve did not reach the target in {max_iter} "
-                              f"iterations from {max_retries + 1} random start(s)")
+                    why[i] = ("the Levenberg-Marquardt anchor solve did not reach the target ("
+                              f"{learn.report(max_iter, self.solver.escalation)})")
                     continue
                 gi = goal.subset(torch.tensor([i]))
                 reg, reason = self._region_at(lp, sol.x[j].detach().cpu(), gi, input_range, std, gen)
@@ -435,7 +438,7 @@ class BackwardPassInversion(InversionMethod):
         why_analytic = list(why)
         stats = self.last_stats = {"analytic": int(ok.sum()), "anchored": 0, "anchor_failed": 0, "retries": 0}
         # 2. anchored pass for the rest
-        learn = Restarts(self.adapter, goal, kind, shape, input_range, gen, init_std, max_iter)
+        learn = self._restarts(goal, kind, input_range, gen, init_std, max_iter)
         for attempt in range(max_retries + 1):
             todo = (~ok).nonzero().squeeze(1)
             if todo.numel() == 0:

@@ -16,7 +16,7 @@ from .goal import (Goal, TargetType, check_analytic_args, check_inputs, check_ra
                    parse_target)
 from .model import ModelAdapter, Selector
 from .reachability import check_reachable, output_tail, prob_bounds
-from .solve import SolverSettings, make_generator, random_starts, shaped_starts, solve_to_goal, verify
+from .solve import Restarts, SolverSettings, make_generator, random_starts, shaped_starts, solve_to_goal, verify
 
 __all__ = ["InversionError", "Goal", "InversionMethod", "SolverSettings", "make_generator", "random_starts",
            "count_reasons"]
@@ -105,6 +105,10 @@ class InversionMethod(Attribution):
                        residual: str = "log_prob", stop: float = 0.5, tail=None):
         return solve_to_goal(self.adapter, self.solver, self.last_stats, x0, goal, kind, max_iter, input_range,
                              residual, stop, tail)
+
+    def _restarts(self, goal: Goal, kind: str, input_range, gen, init_std: float, max_iter: int) -> Restarts:
+        return Restarts(self.adapter, goal, kind, self.input_shape, input_range, gen, init_std, max_iter,
+                        self.solver.ranked_restarts)
 
     def _shaped_starts(self, prior, goal: Goal, kind: str, input_range, gen, inputs: Optional[Tensor] = None):
         return shaped_starts(self.adapter, self.last_stats, prior, goal, kind, input_range, gen, inputs)

@@ -11,7 +11,6 @@ from ..priors import resolve_prior
 from .diagnosis import check_reference
 from .batching import batched_attribute
 from .base import InversionMethod, count_reasons, make_generator, random_starts
-from .solve import Restarts
 
 __all__ = ["ForwardPassInversion"]
 
@@ -145,7 +144,7 @@ class ForwardPassInversion(InversionMethod):
             zero = torch.zeros(N, dtype=torch.bool)
             stats = self.last_stats
             stats.update(restarts=0, converged_first_start=0)
-            learn = Restarts(self.adapter, goal, kind, self.input_shape, input_range, gen, init_std, max_iter)
+            learn = self._restarts(goal, kind, input_range, gen, init_std, max_iter)
             for attempt in range(max_retries + 1):
                 todo = (~ok).nonzero().squeeze(1)
                 if todo.numel() == 0:
@@ -174,10 +173,7 @@ class ForwardPassInversion(InversionMethod):
                 if attempt == 0:
                     stats["converged_first_start"] = int(ok_t.sum())
             stats["mean_iterations"] = float(iters.double().mean())
-            failed = (~ok).nonzero().squeeze(1)
-            if failed.numel() and learn.x_best is not None:  # the best point each failed sample reached
-                x[failed.to(device)] = learn.best(failed).to(x)
-                delta[failed] = 1.0 - learn.p_best[failed]
+            learn.keep_best(x, delta, ok)
             reason = ("did not reach the target" + (f" inside input_range {input_range}" if input_range else "")
                       + f": {learn.report(max_iter, self.solver.escalation)}")
             bad = ("the model's Jacobian (or its residual) became NaN or infinite at the iterate of the "

@@ -18,7 +18,7 @@ from .base import InversionMethod, count_reasons, make_generator, random_starts
 from .goal import goal_residual
 from .forward_pass import by_forward_pass
 from .region import NO_REGIONS
-from .solve import Restarts, escalate, phased_lm
+from .solve import escalate, phased_lm
 
 __all__ = ["GeneralizedInversion"]
 
@@ -213,10 +213,10 @@ class GeneralizedInversion(InversionMethod):
             whole = compiled or (not lp_route and self.plan.piecewise)
             if whole or (prior is not None or binary) and (one_analytic or lp_route):
                 return by_forward_pass(self, inputs, goal, max_iter=max_iter, input_range=input_range,
-                                             min_prob=min_prob, atol=atol, seed=gen, init_std=init_std,
-                                             max_retries=max_retries, prior=prior, reference=reference,
-                                             return_convergence_delta=return_convergence_delta,
-                                             allow_unverified=allow_unverified)
+                                       min_prob=min_prob, atol=atol, seed=gen, init_std=init_std,
+                                       max_retries=max_retries, prior=prior, reference=reference,
+                                       return_convergence_delta=return_convergence_delta,
+                                       allow_unverified=allow_unverified)
             if one_analytic or lp_route:
                 inv = self._sibling(BackwardPassInversion, self.input_shape)
                 out = inv.attribute(inputs, tgt, std=std, cond_num=cond_num, seed=gen, input_range=input_range,
@@ -272,7 +272,7 @@ class GeneralizedInversion(InversionMethod):
         why = [""] * N
         stats = self.last_stats
         stats.update(route="generalized", head=head is not None, tail=tail is not None, restarts=0)
-        learn = Restarts(self.adapter, goal, kind, shape, input_range, gen, init_std, max_iter)
+        learn = self._restarts(goal, kind, input_range, gen, init_std, max_iter)
         for attempt in range(max_retries + 1):
             todo = (~ok).nonzero().squeeze(1)
             if todo.numel() == 0:
@@ -341,10 +341,7 @@ class GeneralizedInversion(InversionMethod):
                 elif attempt or not why[i]:
                     why[i] = ("Levenberg-Marquardt through the opaque blocks did not reach the target ("
                               f"{learn.report(max_iter, self.solver.escalation)})")
-        failed = (~ok).nonzero().squeeze(1)
-        if failed.numel() and learn.x_best is not None:  # the best point each failed sample reached
-            x[failed.to(device)] = learn.best(failed).to(x)
-            delta[failed] = 1.0 - learn.p_best[failed]
+        learn.keep_best(x, delta, ok)
         return self._finish(x, ok, delta, count_reasons([w if not o else "" for w, o in zip(why, ok.tolist())]),
                             allow_unverified, return_delta, "GeneralizedInversion", goal, kind, input_range,
                             reference)

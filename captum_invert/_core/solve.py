@@ -18,10 +18,10 @@ from .reachability import tail_range
 __all__ = ["SolverSettings", "make_generator", "random_starts", "varied_draws", "Restarts", "verify",
            "phased_lm", "escalate", "solve_to_goal", "shaped_starts", "step_scale", "DRAWS_PER_STEP"]
 
-#: Draws that :class:`Restarts` ranks per sample and restart, per solver step that the
-#: sample's previous start used (a step is a forward and a backward pass, about three forward
-#: passes; ranking a draw is one): ranking costs about what the solve it feeds costs. At least
-#: ``max_iter`` steps' worth, at most ``32 * max_iter`` draws.
+#: Draws that :class:`Restarts` ranks per sample and restart, per solver step the sample has
+#: used so far (a step is a forward and a backward pass, about three forward passes; ranking a
+#: draw is one): ranking costs about what the solves it follows cost. At least ``max_iter``
+#: steps' worth, at most ``32 * max_iter`` draws.
 DRAWS_PER_STEP = 3
 
 
@@ -37,6 +37,9 @@ class SolverSettings:
             Levenberg-Marquardt steps (``averaging`` of
             :func:`~captum_invert.solvers.levenberg_marquardt`); 0 is the pointwise Jacobian.
             Default: 0.5.
+        ranked_restarts (bool): each restart starts from the best of many ranked draws, some
+            crossed with what earlier starts found (:class:`Restarts`); False: plain random
+            draws like the first start's (the releases before). Default: True.
         lp (bool): GeneralizedInversion plans a piecewise-linear chain as one ``analytic (LP)``
             block, so that every call goes through linear programming (certified regions,
             seconds per sample); False keeps it opaque (Levenberg-Marquardt, milliseconds;
@@ -46,6 +49,7 @@ class SolverSettings:
     escalation: bool = True
     jacobian_averaging: float = 0.5
     lp: bool = False
+    ranked_restarts: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.escalation, bool):
@@ -55,6 +59,8 @@ class SolverSettings:
             raise ValueError(f"SolverSettings: `jacobian_averaging` must be a float in [0, 1), got {a!r}")
         if not isinstance(self.lp, bool):
             raise ValueError(f"SolverSettings: `lp` must be a bool, got {self.lp!r}")
+        if not isinstance(self.ranked_restarts, bool):
+            raise ValueError(f"SolverSettings: `ranked_restarts` must be a bool, got {self.ranked_restarts!r}")
 
 
 def make_generator(seed) -> torch.Generator:
@@ -140,10 +146,10 @@ def varied_draws(n: int, shape: Tuple[int, ...], input_range, gen: torch.Generat
 
 
 class Restarts:
-    """The starts of every attempt after the first, for the samples that failed:
-    ``DRAWS_PER_STEP`` candidates per solver step that the previous start used (at least
-    ``DRAWS_PER_STEP * max_iter``, at most ``32 * max_iter``) per sample, ranked by the goal's score at the candidate (one forward pass each,
-    no gradient), the best one kept. Half the candidates are fresh :func:`varied_draws`; the
+    """The starts of every attempt after the first, for the samples that failed: per sample,
+    ``DRAWS_PER_STEP`` candidates per solver step it has used so far (at least
+    ``DRAWS_PER_STEP * max_iter``, at most ``32 * max_iter``), ranked by the goal's score at the
+    candidate (one forward pass each, no gradient), the best one kept. Half the candidates are fresh :func:`varied_draws`; the
     other half cross a fresh draw with what earlier attempts found, ``l * y + (1 - l) * draw``
     with ``l ~ U(0, 1)`` and ``y`` the sample's own best point so far or, with equal chance, a
     verified sample of the same target. The score is the target's log-odds (a class) or minus
@@ -157,11 +163,13 @@ class Restarts:
         kind (str): how the model's output is read.
         shape (tuple): one input's shape.
         input_range, gen, init_std, max_iter: as in the methods' ``attribute``.
+        ranked (bool): False: :meth:`starts` gives plain random draws (``SolverSettings(
+            ranked_restarts=False)``); the best points are kept either way.
     """
 
     def __init__(self, adapter: ModelAdapter, goal: Goal, kind: str, shape, input_range, gen,
-                 init_std: float = 1.0, max_iter: int = 30) -> None:
-        self.max_iter = max_iter
+                 init_std: float = 1.0, max_iter: int = 30, ranked: bool = True) -> None:
+        self.max_iter, self.ranked = max_iter, ranked
         self.n_draws = DRAWS_PER_STEP * max_iter
         self.work = torch.zeros(goal.n, dtype=torch.long)  # solver steps each sample has used so far
         self.adapter, self.goal, self.kind, self.shape = adapter, goal, kind, tuple(shape)
@@ -209,16 +217,25 @@ class Restarts:
         self.x_best[rows] = x[better.to(x.device)].detach().double().cpu()
         self.s_best[rows], self.p_best[rows] = s[better], p[better]
         self.ok[idx] |= ok
-        bad = ~ok
-        self.trace.append((len(idx), float(self.p_best[idx[bad]].max()) if bool(bad.any()) else None))
+        self.trace.append((len(idx), float(self.p_best[idx[~ok]].max()) if bad.numel() else None))
 
     def best(self, idx: Tensor) -> Tensor:
         """The best points so far of the samples ``idx``, float64 on the CPU."""
         return self.x_best[idx.cpu()]
 
+    def keep_best(self, x: Tensor, delta: Tensor, ok: Tensor) -> None:
+        """Put each failed sample's best point so far into ``x`` ``(N, *shape)`` and its gap into
+        ``delta`` ``(N,)`` (in place), so that a failure returns and diagnoses the best found."""
+        failed = (~ok).nonzero().squeeze(1)
+        if failed.numel() and self.x_best is not None:
+            x[failed.to(x.device)] = self.best(failed).to(x)
+            delta[failed] = 1.0 - self.p_best[failed]
+
     def starts(self, idx: Tensor) -> Tensor:
         """``(len(idx), *shape)`` starts for the samples ``idx``, in the model's dtype and device."""
         idx = idx.cpu()
+        if not self.ranked:
+            return self.adapter.cast(random_starts(len(idx), self.shape, self.input_range, self.gen, self.init_std))
         lo, hi = DRAWS_PER_STEP * self.max_iter, 32 * self.max_iter
         K = self.n_draws = int(min(max(DRAWS_PER_STEP * float(self.work[idx].double().median()), lo), hi))
         m, nd = len(idx), len(self.shape)
@@ -257,8 +274,9 @@ class Restarts:
         out = f"{per}; from random starts best p {first:.3g}" if first is not None else per
         if len(self.trace) > 1:
             last = self.trace[-1][1]
-            out += (f"; after {len(self.trace) - 1} restart(s) from {self.n_draws} ranked draws per sample "
-                    f"(crossed with the best point so far and verified samples of the same target) best p "
+            how = (f"{self.n_draws} ranked draws per sample (crossed with the best point so far and verified "
+                   "samples of the same target)" if self.ranked else "random starts")
+            out += (f"; after {len(self.trace) - 1} restart(s) from {how} best p "
                     + (f"{last:.3g}" if last is not None else "-"))
         return out
 
