@@ -226,7 +226,7 @@ class BackwardPassInversion(InversionMethod):
             self._need_softmax(kind, "BackwardPassInversion")
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
             tail = self._output_tail(trace)
-            self._check_reachable(goal, tail, "BackwardPassInversion", allow_unverified, trace, kind)
+            self._check_reachable(goal, tail, "BackwardPassInversion", allow_unverified, trace, kind, input_range)
             lp = self._lp_setup(trace, cond_num, margin, need_fit=return_regions)
             if lp is None and return_regions:
                 raise ValueError(NO_REGIONS.format(what="BackwardPassInversion"))

@@ -95,8 +95,8 @@ class InversionMethod(Attribution):
         return check_inputs(inputs, self.input_shape)
 
     def _check_reachable(self, goal: Goal, tail, what: str, allow_unverified: bool = False, trace=None,
-                         kind: Optional[str] = None) -> None:
-        check_reachable(self.adapter, goal, tail, what, allow_unverified, trace, kind)
+                         kind: Optional[str] = None, input_range=None) -> None:
+        check_reachable(self.adapter, goal, tail, what, allow_unverified, trace, kind, input_range)
 
     def _verify(self, x: Tensor, goal: Goal, kind: str, input_range=None) -> Tuple[Tensor, Tensor, Tensor]:
         return verify(self.adapter, x, goal, kind, input_range)

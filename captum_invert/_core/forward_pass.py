@@ -134,7 +134,7 @@ class ForwardPassInversion(InversionMethod):
             kind, n_classes, trace = self._probe()
             tail = self._output_tail(trace)
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
-            self._check_reachable(goal, tail, "ForwardPassInversion", allow_unverified, trace, kind)
+            self._check_reachable(goal, tail, "ForwardPassInversion", allow_unverified, trace, kind, input_range)
             N = goal.n
             x = torch.zeros((N, *self.input_shape), dtype=dtype, device=device)
             ok = torch.zeros(N, dtype=torch.bool)

@@ -202,7 +202,7 @@ class GeneralizedInversion(InversionMethod):
             kind, n_classes, trace = self._probe()
             goal = self._parse_target(target, n_samples, n_classes, min_prob, atol, n_inputs)
             self._check_reachable(goal, self._output_tail(trace), "GeneralizedInversion", allow_unverified,
-                                  trace, kind)
+                                  trace, kind, input_range)
             compiled = self.adapter.traceable is None  # opaque: one LM block
             blocks = None if compiled else self.plan.blocks
             tgt = goal.labels.tolist() if goal.labels is not None else goal.dist

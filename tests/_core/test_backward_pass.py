@@ -8,6 +8,8 @@ from captum.attr import Attribution
 from captum_invert import BackwardPassInversion, InversionError
 from captum_invert.datasets import load_digits
 from captum_invert.models import FCNN, TrainConfig, seed_fcnn, train
+from captum_invert._core.reachability import box_logit_bounds
+from captum_invert.blocks.plan import trace_leaf_modules
 
 ALL = list(range(10)) * 10  # every class, 10 samples each
 
@@ -180,10 +182,18 @@ def test_unreachable_target_raises_inversion_error_with_reasons():
         inv.attribute(target=3, n_samples=4, seed=0, max_iter=5, max_retries=1)
     x = inv.attribute(target=3, n_samples=4, seed=0, max_iter=5, max_retries=1, allow_unverified=True)
     assert x.shape == (4, 30)
-    # reachable by the activation, not inside a tiny input box: tried, then reported
+    # inside a tiny input box, min_prob 0.9 is refused before any work (interval bounds of the logits)
+    selu, box = FCNN((30, 20, 10), "selu", True), (0.0, 1e-2)
+    with pytest.raises(ValueError, match=r"cannot reach .*input_range"):
+        BackwardPassInversion(selu).attribute(target=3, n_samples=4, seed=0, input_range=box)
+    # a min_prob below the bounds' (not proven out of reach) but above what the box allows: tried, then reported
+    lo, hi, margins = box_logit_bounds(trace_leaf_modules(selu, torch.rand(2, 30)), box, (30,), [3])
+    bound = float(1 / (1 + torch.exp(lo - hi[3]).sum() - 1))
+    p0 = float(torch.softmax(selu(torch.zeros(1, 30)), 1)[0, 3])
+    assert p0 + 5e-3 < bound
     with pytest.raises(InversionError) as err:
-        BackwardPassInversion(FCNN((30, 20, 10), "selu", True)).attribute(
-            target=3, n_samples=4, seed=0, max_iter=5, max_retries=1, input_range=(0.0, 1e-4))
+        BackwardPassInversion(selu).attribute(target=3, n_samples=4, seed=0, max_iter=5, max_retries=1,
+                                              input_range=box, min_prob=(p0 + bound) / 2)
     e = err.value
     assert e.n_verified == 0 and e.n_requested == 4 and e.partial.shape == (0, 30)
     assert "input_range" in str(e) and sum(e.reasons.values()) == 4
