@@ -10,11 +10,13 @@ For each net:
 - "before", with ``--before escalation`` (the default): Levenberg-Marquardt only (the
   escalation switched off, ``SolverSettings(escalation=False)``: the path of the releases before
   it); with ``--before restarts``: the restarts of the release before the ranked ones
-  (``SolverSettings(ranked_restarts=False)``, ``max_retries=3``); "after": the defaults.
+  (``SolverSettings(ranked_restarts=False)``, ``max_retries=3``); with ``--before own-gradient``:
+  the escalation with surrogate gradients alone (``SolverSettings(own_gradient=False)``);
+  "after": the defaults.
 Then the failures' reasons and diagnoses.
 
 Usage: python benchmarks/robustness.py [--data-root DIR] [--per-class 20] [--nets all|hard|ordinary|NAMES]
-    [--before escalation|restarts]
+    [--before escalation|restarts|own-gradient]
 """
 from __future__ import annotations
 
@@ -77,9 +79,9 @@ def _methods(net):
             if isinstance(net, FCNN) or c is not BackwardPassInversion]
 
 
-def _run(cls, net, per_class, rng, escalate, diag, plain_restarts=False):
+def _run(cls, net, per_class, rng, escalate, diag, plain_restarts=False, own_gradient=True):
     """Per-class calls: (verified share, median ms per verified sample, mean iterations)."""
-    settings = SolverSettings(escalation=escalate, ranked_restarts=not plain_restarts)
+    settings = SolverSettings(escalation=escalate, ranked_restarts=not plain_restarts, own_gradient=own_gradient)
     n_ok, costs, iters = 0, [], []
     for c in range(10):
         inv = cls(net, solver=settings)
@@ -89,7 +91,7 @@ def _run(cls, net, per_class, rng, escalate, diag, plain_restarts=False):
                                   **({"max_retries": 3} if plain_restarts else {})))
         except InversionError as e:
             n = e.n_verified
-            if escalate and not plain_restarts:
+            if escalate and not plain_restarts and own_gradient:
                 diag.append(f"{cls.__name__}{' in (0,1)' if rng else ''}, class {c}: {e.reasons}; "
                             + "; ".join(format_diagnosis(e.diagnosis or [], 0.9)))
         dt = time.perf_counter() - t
@@ -104,8 +106,8 @@ def main():
     ap = parser(__doc__)
     ap.add_argument("--per-class", type=int, default=20)
     ap.add_argument("--nets", default="all", help="all, hard, ordinary, or comma-separated indices into NETS")
-    ap.add_argument("--before", choices=["escalation", "restarts"], default="escalation",
-                    help="what 'before' lacks: the escalation, or the ranked restarts")
+    ap.add_argument("--before", choices=["escalation", "restarts", "own-gradient"], default="escalation",
+                    help="what 'before' lacks: the escalation, the ranked restarts, or the own-gradient fallback")
     args = ap.parse_args()
     name, tr, te = data(args)
     if args.nets in ("all", "hard", "ordinary"):
@@ -129,7 +131,8 @@ def main():
             for rng in (None, (0.0, 1.0)):
                 diag = []
                 b = (_run(cls, net, args.per_class, rng, True, diag, plain_restarts=True) if args.before == "restarts"
-                     else _run(cls, net, args.per_class, rng, False, diag))
+                     else _run(cls, net, args.per_class, rng, True, diag, own_gradient=False)
+                     if args.before == "own-gradient" else _run(cls, net, args.per_class, rng, False, diag))
                 a = _run(cls, net, args.per_class, rng, True, diag)
                 it = (f"{b[2]:.1f} / {a[2]:.1f}" if b[2] is not None and a[2] is not None else "-")
                 print(f"| {tag} | {fam} | {acc:.3f} | {reach:.2f} | {cls.__name__} | {'[0, 1]' if rng else 'free'} | "

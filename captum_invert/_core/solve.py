@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..solvers.lm import LMResult, levenberg_marquardt
 from .goal import Goal, goal_residual
@@ -33,6 +33,10 @@ class SolverSettings:
         escalation (bool): samples that Levenberg-Marquardt leaves short of the goal get up to
             ``5 * max_iter`` steps of projected Adam with surrogate gradients
             (:func:`escalate`). False: the Levenberg-Marquardt path alone. Default: True.
+        own_gradient (bool): samples that the escalation's surrogate gradients leave short get
+            the same budget again with the model's own gradient, from the same points (the
+            surrogate can point the wrong way on a deep LeakyReLU net); False: the surrogate
+            alone (the releases before). Default: True.
         jacobian_averaging (float): weight in ``[0, 1)`` of the past in the Jacobian of the
             Levenberg-Marquardt steps (``averaging`` of
             :func:`~captum_invert.solvers.levenberg_marquardt`); 0 is the pointwise Jacobian.
@@ -50,6 +54,7 @@ class SolverSettings:
     jacobian_averaging: float = 0.5
     lp: bool = False
     ranked_restarts: bool = True
+    own_gradient: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.escalation, bool):
@@ -61,6 +66,8 @@ class SolverSettings:
             raise ValueError(f"SolverSettings: `lp` must be a bool, got {self.lp!r}")
         if not isinstance(self.ranked_restarts, bool):
             raise ValueError(f"SolverSettings: `ranked_restarts` must be a bool, got {self.ranked_restarts!r}")
+        if not isinstance(self.own_gradient, bool):
+            raise ValueError(f"SolverSettings: `own_gradient` must be a bool, got {self.own_gradient!r}")
 
 
 def make_generator(seed) -> torch.Generator:
@@ -331,6 +338,10 @@ def step_scale(x: Tensor, bounds) -> Tensor:
     return rms
 
 
+def _modules(model):
+    return model.modules() if isinstance(model, nn.Module) else ()
+
+
 def escalate(adapter: ModelAdapter, settings: SolverSettings, stats: Dict, res, done, loose, sol: LMResult,
              bounds, max_iter: int) -> LMResult:
     """The escalation of samples the Levenberg-Marquardt left short of the goal (not for
@@ -339,11 +350,14 @@ def escalate(adapter: ModelAdapter, settings: SolverSettings, stats: Dict, res, 
     from where they stalled (a sample whose residual has not dropped by 1% in
     ``max(10, max_iter // 2)`` steps stops early), with
     :func:`~captum_invert.solvers.surrogate_gradients` through the model's activations. Values,
-    and so ``done`` and every verification, stay the model's own.
+    and so ``done`` and every verification, stay the model's own. Samples that the surrogate
+    leaves short then get the same budget with the model's own gradient, from the same points;
+    each keeps the better of the two.
 
     Returns ``sol`` with those samples' points, ``done`` and ``n_iter`` updated. ``stats`` gets
-    ``escalated`` (samples), ``escalated_converged`` and ``first_order_steps``."""
-    from ..solvers.first_order import projected_adam, surrogate_gradients
+    ``escalated`` (samples), ``escalated_converged``, ``own_gradient`` (samples given the own
+    gradient), ``own_gradient_converged`` and ``first_order_steps``."""
+    from ..solvers.first_order import SURROGATE_ACTIVATIONS, projected_adam, surrogate_gradients
 
     stalled = (~sol.done & sol.finite).nonzero().squeeze(1)
     if stalled.numel() == 0 or not settings.escalation:
@@ -356,10 +370,29 @@ def escalate(adapter: ModelAdapter, settings: SolverSettings, stats: Dict, res, 
             return sol
     xs = sol.x[stalled].detach()
     lr = 0.05 * step_scale(xs, bounds)
+
+    def adam(rows):  # projected Adam on the samples stalled[rows], from where the LM left them
+        return projected_adam(lambda v, idx: res(v, stalled[rows[idx]]), xs[rows], 5 * max_iter, lr[rows],
+                              lambda v, r, idx, aux: done(v, r, stalled[rows[idx]], aux), bounds,
+                              patience=max(10, max_iter // 2))
+
+    every = torch.arange(len(stalled), device=stalled.device)
     with surrogate_gradients(adapter.traceable):
-        esc = projected_adam(lambda v, idx: res(v, stalled[idx]), xs, 5 * max_iter, lr,
-                             lambda v, r, idx, aux: done(v, r, stalled[idx], aux), bounds,
-                             patience=max(10, max_iter // 2))
+        esc = adam(every)
+    # The surrogate is a guess at a direction where the model's gradient vanishes; where it is
+    # wrong (a deep LeakyReLU net whose true gradient works: the surrogate's slope floor makes the
+    # residual grow), the samples it left short get the model's own gradient, from the same points.
+    short = every[~esc.done & ~esc.zero_grad]
+    if short.numel() and settings.own_gradient and any(isinstance(m, SURROGATE_ACTIVATIONS)
+                                                        for m in _modules(adapter.traceable)):
+        own = adam(short)
+        better = own.done | (own.residual_norm < esc.residual_norm[short])
+        take = short[better]
+        esc.x[take], esc.done[take] = own.x[better].to(esc.x), own.done[better]
+        esc.residual_norm[take] = own.residual_norm[better].to(esc.residual_norm)
+        esc.n_iter[short] += own.n_iter
+        stats["own_gradient"] = stats.get("own_gradient", 0) + int(short.numel())
+        stats["own_gradient_converged"] = stats.get("own_gradient_converged", 0) + int(own.done.sum())
     x = sol.x.clone()
     x[stalled] = esc.x.to(x)
     d = sol.done.clone()

@@ -103,6 +103,8 @@ def test_log_probabilities_are_detected_and_bad_keywords_refused():
         SolverSettings(jacobian_averaging=1.0)
     with pytest.raises(ValueError, match="`ranked_restarts` must be a bool"):
         SolverSettings(ranked_restarts="yes")
+    with pytest.raises(ValueError, match="`own_gradient` must be a bool"):
+        SolverSettings(own_gradient=1)
 
 
 def test_a_model_output_object_gives_its_logits_and_extra_args_reach_a_selected_head():
