@@ -12,7 +12,7 @@ from torch import Tensor
 from .base import PixelParam, Prior, as_prior
 
 __all__ = ["shape_inputs", "auto_prior", "resolve_prior", "deepinversion_prior", "plugin_inversion_prior",
-           "DEFAULT_STEPS", "DEFAULT_LR", "AUTO_STEPS"]
+           "DEFAULT_STEPS", "DEFAULT_LR", "AUTO_STEPS", "AUTO_STEPS_NO_BN"]
 
 #: Adam steps and learning rate of the shaping phase when the prior does not set them.
 DEFAULT_STEPS = 200
@@ -30,6 +30,11 @@ def _coarse(x: Tensor) -> Tensor:
 
 #: The data-free recipe of ``prior='auto'`` (see :func:`auto_prior`): shaping options.
 AUTO_STEPS = 1000
+#: prior='auto''s Adam steps on models without BatchNorm, where no statistics term helps the
+#: class term shape the image: DeepInversion's 2,000. Measured in ``benchmarks/prototypes.py`` on
+#: the grey ViT (6 images a class, one run): read 0.15, 0.37, 0.58, 0.73 and 0.72 after 250, 500,
+#: 1,000, 2,000 and 3,000 steps.
+AUTO_STEPS_NO_BN = 2000
 #: the 1/f exponent of prior='auto''s Fourier amplitude: 1/f^2 (Lucid's is 1/f). Measured in
 #: ``benchmarks/prototypes.py`` over exponents 1, 1.5, 2 and 3 on five nets without BatchNorm or
 #: with colour inputs: 2 sits in the plateau (1.5-2) where every net read at least as well as
@@ -63,7 +68,8 @@ def auto_prior(model, input_shape: Tuple[int, ...], reference: Optional[Tensor] 
         is 1/f; and on colour images Lucid's natural colour decorrelation) at learning rate 0.2,
         and Plug-In Inversion's
         random :class:`~captum_invert.priors.ColorShift` ``(0.1, 0.1)`` among the transforms:
-        the natural-image prior;
+        the natural-image prior; without BatchNorm for :data:`AUTO_STEPS_NO_BN` steps (no
+        statistics term helps the class term there, and the read share keeps rising to 2,000);
       - other images (grey, or not 3 channels) on a model with BatchNorm running statistics:
         free pixels at learning rate 0.1 and :class:`~captum_invert.priors.BNStats`
         ``(0.1, first=10, form='l2')`` (DeepInversion's statistics: the model's own record of
@@ -98,8 +104,8 @@ def auto_prior(model, input_shape: Tuple[int, ...], reference: Optional[Tensor] 
     if has_bn and input_shape[0] != 3:
         return Prior(PixelParam(), transforms, [BNStats(0.1, first=10.0, form="l2")] + spread, lr=0.1,
                      **AUTO_OPTIONS)
-    return Prior(FourierParam(decay=AUTO_DECAY), transforms + [ColorShift(0.1, 0.1)], spread, lr=0.2,
-                 **AUTO_OPTIONS)
+    options = AUTO_OPTIONS if has_bn else {**AUTO_OPTIONS, "steps": AUTO_STEPS_NO_BN}
+    return Prior(FourierParam(decay=AUTO_DECAY), transforms + [ColorShift(0.1, 0.1)], spread, lr=0.2, **options)
 
 
 def deepinversion_prior(input_shape: Tuple[int, ...], bn_weight: float = 0.01, flips: bool = True,

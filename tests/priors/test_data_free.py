@@ -13,7 +13,7 @@ from captum_invert.models.cnn import NO_DIGIT
 from captum_invert.priors import (
     TV, BNStats, ColorShift, Diversity, FourierParam, PixelParam, Prior, auto_prior, deepinversion_prior,
     plugin_inversion_prior, robust_transforms)
-from captum_invert.priors.shaping import AUTO_OPTIONS, _coarse
+from captum_invert.priors.shaping import AUTO_OPTIONS, AUTO_STEPS, AUTO_STEPS_NO_BN, _coarse
 
 from .test_priors import _shape
 
@@ -84,6 +84,8 @@ def test_auto_prior_picks_its_parts_from_the_model(digit_cnn, digit_nets):
                                     torch.nn.Linear(4 * 14 * 14, 10))
     colour = auto_prior(colour_bn, (3, 16, 16))
     assert isinstance(colour.parameterization(), FourierParam) and [type(p) for p in colour.penalties] == [Diversity]
+    # without BatchNorm no statistics term helps the class term: twice the steps
+    assert bn.steps == colour.steps == AUTO_STEPS and plain.steps == AUTO_STEPS_NO_BN == 2 * AUTO_STEPS
     assert any(isinstance(t, ColorShift) for t in colour.transforms)
     # no BatchNorm: auto adds no BNStats, so no warning
     with warnings.catch_warnings():
