@@ -138,7 +138,7 @@ def output_tail(trace) -> Optional[Tuple[nn.Module, list]]:
 # --- interval bounds over the input box -------------------------------------------------------------
 #: elementwise modules that never decrease: an interval [lo, hi] maps to [f(lo), f(hi)]
 _MONOTONE = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.ELU, nn.SELU, nn.CELU, nn.Sigmoid, nn.Tanh, nn.Softplus,
-             nn.LogSigmoid, nn.Softsign, nn.Hardsigmoid, nn.Tanhshrink, nn.MaxPool1d, nn.MaxPool2d,
+             nn.LogSigmoid, nn.Softsign, nn.Hardsigmoid, nn.MaxPool1d, nn.MaxPool2d,
              nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
              nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
 
@@ -152,7 +152,7 @@ def _monotone(m: nn.Module) -> bool:
         return bool((m.weight >= 0).all())
     if isinstance(m, nn.ELU):
         return m.alpha >= 0
-    return isinstance(m, _MONOTONE + (Normalize,)) and not isinstance(m, nn.Tanhshrink)
+    return isinstance(m, _MONOTONE + (Normalize,))
 
 
 def _affine_interval(m: nn.Module, c: Tensor, r: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
@@ -207,9 +207,9 @@ def box_logit_bounds(trace, input_range: Optional[Tuple[float, float]], input_sh
     calls = [c.module for c in trace.calls]
     if calls and isinstance(calls[-1], (nn.Softmax, nn.LogSoftmax)):
         calls = calls[:-1]
-    a, b = (-_HUGE, _HUGE) if input_range is None else (float(input_range[0]), float(input_range[1]))
-    lo = torch.full((1, *input_shape), a, dtype=torch.float64)
-    hi = torch.full_like(lo, b)
+    box = (-_HUGE, _HUGE) if input_range is None else (float(input_range[0]), float(input_range[1]))
+    lo = torch.full((1, *input_shape), box[0], dtype=torch.float64)
+    hi = torch.full_like(lo, box[1])
     last_lin = max((i for i, m in enumerate(calls) if isinstance(m, nn.Linear)), default=None)
     elide = last_lin is not None and all(isinstance(m, (nn.Identity, nn.Dropout)) for m in calls[last_lin + 1:])
     margins = None
@@ -217,9 +217,9 @@ def box_logit_bounds(trace, input_range: Optional[Tuple[float, float]], input_sh
         for i, m in enumerate(calls):
             if elide and i == last_lin and classes:
                 w = m.weight.detach().to(torch.float64)
-                b = m.bias.detach().to(torch.float64) if m.bias is not None else torch.zeros(len(w), dtype=torch.float64)
+                bias = m.bias.detach().to(torch.float64) if m.bias is not None else torch.zeros(len(w), dtype=w.dtype)
                 c, r = ((lo + hi) / 2).reshape(-1), ((hi - lo) / 2).reshape(-1)
-                margins = torch.stack([(w[k] - w) @ c + (w[k] - w).abs() @ r + b[k] - b for k in classes])
+                margins = torch.stack([(w[k] - w) @ c + (w[k] - w).abs() @ r + bias[k] - bias for k in classes])
             if isinstance(m, nn.PReLU) and _monotone(m):
                 w = m.weight.detach().to(torch.float64)
                 lo, hi = F.prelu(lo, w), F.prelu(hi, w)
