@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .reachability import output_tail, prob_bounds
+from .reachability import box_class_bounds, output_tail, prob_bounds
 
 __all__ = ["SampleDiagnosis", "diagnose", "format_diagnosis", "check_reference"]
 
@@ -34,7 +34,10 @@ class SampleDiagnosis:
         out_of_reach (bool): the model's bounded output activation (a Tanh or Sigmoid on the
             logits) keeps the target's probability below ``min_prob`` for every input: proven
             unreachable. False means only "not reached".
-        bound (float or None): that highest reachable probability, when bounded.
+        bound (float or None): that highest reachable probability, when bounded; otherwise the
+            upper bound that interval bounds of the logits over the input box give (at least
+            ``min_prob``, or the call would have been refused before any work), None where
+            they do not apply.
         reference (tuple or None): ``(k, m)``: ``k`` of the ``m`` reference inputs of the
             target's class meet the goal (with ``reference=`` only).
         reference_labelled (bool): the reference had labels, so ``m`` counts the inputs of the
@@ -125,14 +128,19 @@ def diagnose(method, x: Tensor, index: Tensor, goal, kind: str, input_range=None
     gn = torch.zeros(n) if g is None else g.reshape(n, -1).norm(dim=1).double().cpu()
     probs = lp.detach().exp().double().cpu()
     reached = 1.0 - goal.delta(probs)
-    # provably out of reach: a bounded output activation (the check made before any work)
+    # provably out of reach: a bounded output activation (the check made before any work); else
+    # how far the interval bounds over the box got
     bound = None
     if goal.labels is not None and not kind.startswith("binary"):
         try:
             p = adapter.probe()
             tail = output_tail(p.trace)
-            if tail is not None:
-                bound = prob_bounds(tail, p.n_classes)[1]
+            classes = sorted({int(c) for c in goal.labels.tolist()})
+            ub = box_class_bounds(p.trace, kind, input_range, adapter.input_shape, classes)
+            bound = None if ub is None else dict(zip(classes, ub.tolist()))
+            if tail is not None:  # the tail's cap where it is the smaller
+                cap = prob_bounds(tail, p.n_classes)[1].tolist()
+                bound = {c: min(cap[c], bound[c]) if bound else cap[c] for c in classes}
         except Exception:  # noqa: BLE001
             bound = None
     ref_hits = None
@@ -143,7 +151,7 @@ def diagnose(method, x: Tensor, index: Tensor, goal, kind: str, input_range=None
         tj = int(goal.labels[j]) if goal.labels is not None else None
         layers = sorted(((name, typ, float(fr[j])) for name, (typ, fr) in sat.items() if float(fr[j]) >= 0.25),
                         key=lambda r: -r[2])
-        b = float(bound[tj]) if bound is not None and tj is not None else None
+        b = bound[tj] if bound is not None and tj is not None else None
         out.append(SampleDiagnosis(
             index=int(index[j]), target=tj, reached=float(reached[j]), grad_norm=float(gn[j]), saturated=layers,
             out_of_reach=b is not None and b < goal.min_prob, bound=b,
@@ -193,6 +201,9 @@ def format_diagnosis(diag: List[SampleDiagnosis], min_prob: float) -> List[str]:
         if ds[0].out_of_reach:
             reach = (f"provably out of reach: the output activation caps its probability at {ds[0].bound:.4g} "
                      f"< min_prob={min_prob}")
+        elif ds[0].bound is not None and ds[0].bound < 0.9995:  # a bound that says something
+            reach = (f"not proven out of reach (the solvers did not find it; interval bounds of the logits "
+                     f"allow p up to {ds[0].bound:.4g})")
         else:
             reach = "not proven out of reach (the solvers did not find it)"
         line = (f"{what}: {len(ds)} sample(s); best probability reached {best:.3g}; input-gradient norm "

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .goal import Goal
 
-__all__ = ["box_logit_bounds", "check_reachable", "output_tail", "prob_bounds", "tail_range"]
+__all__ = ["box_class_bounds", "box_logit_bounds", "check_reachable", "output_tail", "prob_bounds", "tail_range"]
 
 
 def tail_range(tail, n_classes: int, dtype, device) -> Tuple[Tensor, Tensor]:
@@ -239,39 +239,56 @@ def box_logit_bounds(trace, input_range: Optional[Tuple[float, float]], input_sh
     return lo, hi, None if margins is None else margins.masked_fill(margins > _BIG, math.inf)
 
 
+def _ends_in_logits(trace, kind: str) -> bool:
+    """The model's output is its traced chain's logits, or their (log-)softmax over the classes."""
+    calls = trace.calls if trace is not None else []
+    ends_soft = bool(calls) and isinstance(calls[-1].module, (nn.Softmax, nn.LogSoftmax))
+    return ends_soft == (kind != "logits") and not (ends_soft and calls[-1].module.dim not in (1, -1))
+
+
+def box_class_bounds(trace, kind: str, input_range, input_shape, classes) -> Optional[Tensor]:
+    """``(len(classes),)`` float64 upper bounds of the classes' probabilities over the input box
+    (or every input), from :func:`box_logit_bounds`; None where the model is not covered (or its
+    output is not its chain's logits)."""
+    got = box_logit_bounds(trace, input_range, input_shape, classes) if _ends_in_logits(trace, kind) else None
+    if got is None:
+        return None
+    lo, hi, margins = got
+    eye = torch.eye(len(lo), dtype=torch.bool)[classes]
+    if margins is not None:  # log p_c <= -log(1 + sum_j exp(-max(z_c - z_j)))
+        gaps = (-margins).masked_fill(eye, -math.inf)
+    else:
+        gaps = (lo[None, :] - hi[classes][:, None]).masked_fill(eye, -math.inf)
+    return torch.exp(-torch.logsumexp(torch.cat([torch.zeros(len(classes), 1, dtype=gaps.dtype), gaps], 1), 1))
+
+
 def _check_box_reach(adapter, goal: Goal, trace, kind: str, input_range, what: str) -> None:
     """The input-box part of :func:`check_reachable`: a class whose probability's upper bound over
     the box is below ``min_prob`` (or a distribution outside the probabilities' ranges by more
     than ``atol``) is refused. A model whose output is not its chain's logits is skipped."""
-    calls = trace.calls if trace is not None else []
-    ends_soft = bool(calls) and isinstance(calls[-1].module, (nn.Softmax, nn.LogSoftmax))
-    if ends_soft != (kind != "logits") or (ends_soft and calls[-1].module.dim not in (1, -1)):
-        return
-    classes = sorted({int(c) for c in goal.labels.tolist()}) if goal.labels is not None else None
-    got = box_logit_bounds(trace, input_range, adapter.input_shape, classes)
-    if got is None:
-        return
-    lo, hi, margins = got
+    n_calls = len(trace.calls)
     box = "" if input_range is None else f" inside `input_range`=({input_range[0]:g}, {input_range[1]:g})"
     src = "every input" if input_range is None else "the box"
-    how = f"interval bounds of the logits, propagated from {src} through the model's {len(calls)} modules,"
+    how = f"interval bounds of the logits, propagated from {src} through the model's {n_calls} modules,"
     fix = ("Widen `input_range` (or pass input_range=None), or " if input_range is not None else "")
     slack = 1e-6  # float rounding of the bounds
-    if classes is not None:
-        eye = torch.eye(len(lo), dtype=torch.bool)[classes]
-        if margins is not None:  # log p_c <= -log(1 + sum_j exp(-max(z_c - z_j)))
-            gaps = (-margins).masked_fill(eye, -math.inf)
-        else:
-            gaps = (lo[None, :] - hi[classes][:, None]).masked_fill(eye, -math.inf)
-        ub = -torch.logsumexp(torch.cat([torch.zeros(len(classes), 1, dtype=gaps.dtype), gaps], 1), 1)
-        bad = [(c, float(u)) for c, u in zip(classes, ub.tolist()) if u + slack < math.log(goal.min_prob)]
+    if goal.labels is not None:
+        classes = sorted({int(c) for c in goal.labels.tolist()})
+        ub = box_class_bounds(trace, kind, input_range, adapter.input_shape, classes)
+        if ub is None:
+            return
+        bad = [(c, float(u)) for c, u in zip(classes, ub.tolist()) if u * (1 + slack) < goal.min_prob]
         if bad:
-            best = max(math.exp(u) for _, u in bad)
+            best = max(u for _, u in bad)
             raise ValueError(
                 f"{what}: `target` class(es) {[c for c, _ in bad]} cannot reach `min_prob`={goal.min_prob}"
                 f"{box}: {how} show that no input{' in the box' if box else ''} gives them a probability above "
                 f"{best:.4g}. {fix or ''}{'use' if fix else 'Use'} min_prob below that.")
         return
+    got = box_logit_bounds(trace, input_range, adapter.input_shape) if _ends_in_logits(trace, kind) else None
+    if got is None:
+        return
+    lo, hi, _ = got
     eye = torch.eye(len(lo), dtype=torch.bool)
     p_max = 1 / (1 + torch.exp(lo[None, :] - hi[:, None]).masked_fill(eye, 0).sum(1))
     p_min = 1 / (1 + torch.exp(hi[None, :] - lo[:, None]).masked_fill(eye, 0).sum(1))

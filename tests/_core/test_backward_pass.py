@@ -197,6 +197,10 @@ def test_unreachable_target_raises_inversion_error_with_reasons():
     e = err.value
     assert e.n_verified == 0 and e.n_requested == 4 and e.partial.shape == (0, 30)
     assert "input_range" in str(e) and sum(e.reasons.values()) == 4
+    # the report says how far the bounds got (the margins' bound, at most the intervals')
+    d = e.diagnosis[0]
+    assert not d.out_of_reach and (p0 + bound) / 2 <= d.bound <= bound
+    assert f"interval bounds of the logits allow p up to {d.bound:.4g}" in str(e)
 
 
 def test_softmax_terminated_model_and_float64(digit_nets):

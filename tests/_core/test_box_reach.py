@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from captum_invert import BackwardPassInversion, ForwardPassInversion, GeneralizedInversion
+from captum_invert import BackwardPassInversion, ForwardPassInversion, GeneralizedInversion, InversionError
 from captum_invert._core.reachability import box_logit_bounds
 from captum_invert.blocks.plan import trace_leaf_modules
 from captum_invert.models import FCNN, TrainConfig, train
@@ -101,3 +101,14 @@ def test_distribution_out_of_the_box_reach_is_refused(dead_unit_net):
     dist[3] = 0.5
     with pytest.raises(ValueError, match=r"distribution is out of reach inside `input_range`.*class 3"):
         ForwardPassInversion(dead_unit_net).attribute(target=dist, n_samples=2, input_range=(0.0, 1.0))
+
+
+def test_failure_report_says_how_far_the_bounds_got(dead_unit_net):
+    # class 0 is off on every real digit of this net; the bounds over the box allow it, the solvers
+    # do not find it: the diagnosis holds the bound, at least min_prob (else refused), here near 1
+    with pytest.raises(InversionError) as err:
+        ForwardPassInversion(dead_unit_net).attribute(target=0, n_samples=2, input_range=(0.0, 1.0), seed=0,
+                                                      max_iter=5, max_retries=0)
+    d = err.value.diagnosis[0]
+    assert not d.out_of_reach and 0.9 <= d.bound <= 1.0
+    assert "not proven out of reach" in str(err.value)
