@@ -136,7 +136,7 @@ def diagnose(method, x: Tensor, index: Tensor, goal, kind: str, input_range=None
             p = adapter.probe()
             tail = output_tail(p.trace)
             classes = sorted({int(c) for c in goal.labels.tolist()})
-            ub = box_class_bounds(p.trace, kind, input_range, adapter.input_shape, classes)
+            ub = box_class_bounds(p.trace, kind, input_range, adapter.input_shape, classes, adapter.device)
             bound = None if ub is None else dict(zip(classes, ub.tolist()))
             if tail is not None:  # the tail's cap where it is the smaller
                 cap = prob_bounds(tail, p.n_classes)[1].tolist()

@@ -183,7 +183,7 @@ def _affine_interval(m: nn.Module, c: Tensor, r: Tensor) -> Optional[Tuple[Tenso
 _HUGE, _BIG = 1e30, 1e10
 
 
-def box_logit_bounds(trace, input_range: Optional[Tuple[float, float]], input_shape, classes=None):
+def box_logit_bounds(trace, input_range: Optional[Tuple[float, float]], input_shape, classes=None, device="cpu"):
     """Interval bounds of a traced chain's logits over the input box (interval bound propagation,
     in float64), and where the chain ends in a ``Linear``, upper bounds of the margins
     ``z_c - z_j`` of ``classes`` through it (exact over the interval of its input, tighter than
@@ -196,6 +196,7 @@ def box_logit_bounds(trace, input_range: Optional[Tuple[float, float]], input_sh
             every input (an output unit whose weights keep it off is still bounded).
         input_shape (tuple of int): one input's shape.
         classes (list of int, optional): the classes whose margins to bound.
+        device: where the model's parameters are (the bounds come back on the CPU).
 
     Returns:
         None where a module is not bounded here (e.g. GELU, attention); else ``(lo, hi,
@@ -208,7 +209,7 @@ def box_logit_bounds(trace, input_range: Optional[Tuple[float, float]], input_sh
     if calls and isinstance(calls[-1], (nn.Softmax, nn.LogSoftmax)):
         calls = calls[:-1]
     box = (-_HUGE, _HUGE) if input_range is None else (float(input_range[0]), float(input_range[1]))
-    lo = torch.full((1, *input_shape), box[0], dtype=torch.float64)
+    lo = torch.full((1, *input_shape), box[0], dtype=torch.float64, device=device)
     hi = torch.full_like(lo, box[1])
     last_lin = max((i for i, m in enumerate(calls) if isinstance(m, nn.Linear)), default=None)
     elide = last_lin is not None and all(isinstance(m, (nn.Identity, nn.Dropout)) for m in calls[last_lin + 1:])
@@ -217,7 +218,7 @@ def box_logit_bounds(trace, input_range: Optional[Tuple[float, float]], input_sh
         for i, m in enumerate(calls):
             if elide and i == last_lin and classes:
                 w = m.weight.detach().to(torch.float64)
-                bias = m.bias.detach().to(torch.float64) if m.bias is not None else torch.zeros(len(w), dtype=w.dtype)
+                bias = m.bias.detach().to(torch.float64) if m.bias is not None else torch.zeros_like(w[:, 0])
                 c, r = ((lo + hi) / 2).reshape(-1), ((hi - lo) / 2).reshape(-1)
                 margins = torch.stack([(w[k] - w) @ c + (w[k] - w).abs() @ r + bias[k] - bias for k in classes])
             if isinstance(m, nn.PReLU) and _monotone(m):
@@ -235,8 +236,9 @@ def box_logit_bounds(trace, input_range: Optional[Tuple[float, float]], input_sh
                 return None
     if lo.dim() != 2 or len(lo) != 1:
         return None
-    lo, hi = lo[0].masked_fill(lo[0] < -_BIG, -math.inf), hi[0].masked_fill(hi[0] > _BIG, math.inf)
-    return lo, hi, None if margins is None else margins.masked_fill(margins > _BIG, math.inf)
+    lo, hi = lo[0].cpu(), hi[0].cpu()
+    lo, hi = lo.masked_fill(lo < -_BIG, -math.inf), hi.masked_fill(hi > _BIG, math.inf)
+    return lo, hi, None if margins is None else margins.cpu().masked_fill(margins.cpu() > _BIG, math.inf)
 
 
 def _ends_in_logits(trace, kind: str) -> bool:
@@ -246,11 +248,11 @@ def _ends_in_logits(trace, kind: str) -> bool:
     return ends_soft == (kind != "logits") and not (ends_soft and calls[-1].module.dim not in (1, -1))
 
 
-def box_class_bounds(trace, kind: str, input_range, input_shape, classes) -> Optional[Tensor]:
+def box_class_bounds(trace, kind: str, input_range, input_shape, classes, device="cpu") -> Optional[Tensor]:
     """``(len(classes),)`` float64 upper bounds of the classes' probabilities over the input box
     (or every input), from :func:`box_logit_bounds`; None where the model is not covered (or its
     output is not its chain's logits)."""
-    got = box_logit_bounds(trace, input_range, input_shape, classes) if _ends_in_logits(trace, kind) else None
+    got = box_logit_bounds(trace, input_range, input_shape, classes, device) if _ends_in_logits(trace, kind) else None
     if got is None:
         return None
     lo, hi, margins = got
@@ -274,7 +276,7 @@ def _check_box_reach(adapter, goal: Goal, trace, kind: str, input_range, what: s
     slack = 1e-6  # float rounding of the bounds
     if goal.labels is not None:
         classes = sorted({int(c) for c in goal.labels.tolist()})
-        ub = box_class_bounds(trace, kind, input_range, adapter.input_shape, classes)
+        ub = box_class_bounds(trace, kind, input_range, adapter.input_shape, classes, adapter.device)
         if ub is None:
             return
         bad = [(c, float(u)) for c, u in zip(classes, ub.tolist()) if u * (1 + slack) < goal.min_prob]
@@ -285,7 +287,8 @@ def _check_box_reach(adapter, goal: Goal, trace, kind: str, input_range, what: s
                 f"{box}: {how} show that no input{' in the box' if box else ''} gives them a probability above "
                 f"{best:.4g}. {fix or ''}{'use' if fix else 'Use'} min_prob below that.")
         return
-    got = box_logit_bounds(trace, input_range, adapter.input_shape) if _ends_in_logits(trace, kind) else None
+    got = (box_logit_bounds(trace, input_range, adapter.input_shape, device=adapter.device)
+           if _ends_in_logits(trace, kind) else None)
     if got is None:
         return
     lo, hi, _ = got
