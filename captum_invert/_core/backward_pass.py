@@ -15,7 +15,7 @@ from ..blocks.plan import LeafTrace
 from .diagnosis import check_reference
 from .batching import batched_attribute
 from .base import (
-    Goal, InversionMethod, count_reasons, make_generator, random_starts,
+    Goal, InversionMethod, count_reasons, make_generator,
 )
 from .forward_pass import by_forward_pass
 from .region import NO_REGIONS, PreimageRegion, assemble, box_rows, class_rows, dist_rows
@@ -346,8 +346,6 @@ class BackwardPassInversion(InversionMethod):
             stats["retries"] = attempt
             if attempt == 0 and inputs is not None:
                 x0 = inputs[todo].detach()
-            elif attempt == 0:
-                x0 = random_starts(len(todo), shape, input_range, gen, init_std, dtype, device)
             else:
                 x0 = learn.starts(todo)
             sol, found, _, _ = self._solve_to_goal(x0, anchor_goal.subset(todo), kind, max_iter, input_range,
@@ -447,8 +445,6 @@ class BackwardPassInversion(InversionMethod):
             g = goal.subset(todo)
             if attempt == 0 and inputs is not None:
                 x0 = inputs[todo].detach()
-            elif attempt == 0:
-                x0 = random_starts(len(todo), shape, input_range, gen, init_std, dtype, device)
             else:
                 x0 = learn.starts(todo)
             # an anchor that already verifies is kept even if it stopped short of the aim

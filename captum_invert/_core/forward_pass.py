@@ -10,7 +10,7 @@ from torch import Tensor
 from ..priors import resolve_prior
 from .diagnosis import check_reference
 from .batching import batched_attribute
-from .base import InversionMethod, count_reasons, make_generator, random_starts
+from .base import InversionMethod, count_reasons, make_generator
 
 __all__ = ["ForwardPassInversion"]
 
@@ -154,8 +154,7 @@ class ForwardPassInversion(InversionMethod):
                     if input_range is not None:
                         x0 = x0.clamp(*input_range)
                 elif prior is None:
-                    x0 = (random_starts(len(todo), self.input_shape, input_range, gen, init_std, dtype, device)
-                          if attempt == 0 else learn.starts(todo))
+                    x0 = learn.starts(todo)
                 if prior is not None:
                     x0 = self._shaped_starts(prior, goal.subset(todo), kind, input_range, gen,
                                              x0 if attempt == 0 and inputs is not None else None)

@@ -14,7 +14,7 @@ from ..blocks.chain import build_chain, output_target, tail_linear_target, walk
 from .backward_pass import BackwardPassInversion
 from .diagnosis import check_reference
 from .batching import batched_attribute
-from .base import InversionMethod, count_reasons, make_generator, random_starts
+from .base import InversionMethod, count_reasons, make_generator
 from .goal import goal_residual
 from .forward_pass import by_forward_pass
 from .region import NO_REGIONS
@@ -282,8 +282,7 @@ class GeneralizedInversion(InversionMethod):
             if attempt == 0 and inputs is not None:
                 x0 = inputs[todo].detach().to(dtype=dtype, device=device)
             elif prior is None:
-                x0 = (random_starts(len(todo), shape, input_range, gen, init_std, dtype, device) if attempt == 0
-                      else learn.starts(todo))
+                x0 = learn.starts(todo)
             if prior is not None:
                 x0 = self._shaped_starts(prior, g, kind, input_range, gen,
                                          x0 if attempt == 0 and inputs is not None else None)
@@ -303,8 +302,8 @@ class GeneralizedInversion(InversionMethod):
             # where input_range is a plain box (the head's image of the box is not)
             use_head = head is not None and attempt == 0
             sol_v, steps = self._solve(plan, goal.subset(todo), kind, x0, head if use_head else None, tail,
-                                i_mid if use_head else 0, null, max_iter, input_range,
-                                (u_lo, u_hi) if use_head else None, tail_chain)
+                                       i_mid if use_head else 0, null, max_iter, input_range,
+                                       (u_lo, u_hi) if use_head else None, tail_chain)
             if use_head:
                 # project each start onto the head's preimage of its solution: the start's own
                 # null-space component is kept (its diversity), plus the paper's noise

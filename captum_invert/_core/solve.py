@@ -239,10 +239,13 @@ class Restarts:
             delta[failed] = 1.0 - self.p_best[failed]
 
     def starts(self, idx: Tensor) -> Tensor:
-        """``(len(idx), *shape)`` starts for the samples ``idx``, in the model's dtype and device."""
+        """``(len(idx), *shape)`` starts for the samples ``idx``, in the model's dtype and device:
+        plain random draws (:func:`random_starts`) before any attempt was recorded, or with
+        ``ranked=False``; else the ranked ones."""
         idx = idx.cpu()
-        if not self.ranked:
-            return self.adapter.cast(random_starts(len(idx), self.shape, self.input_range, self.gen, self.init_std))
+        if not self.ranked or self.x_best is None:
+            return self.adapter.cast(random_starts(len(idx), self.shape, self.input_range, self.gen, self.init_std,
+                                                   torch.float64))
         lo, hi = DRAWS_PER_STEP * self.max_iter, 32 * self.max_iter
         K = self.n_draws = int(min(max(DRAWS_PER_STEP * float(self.work[idx].double().median()), lo), hi))
         m, nd = len(idx), len(self.shape)
@@ -338,10 +341,6 @@ def step_scale(x: Tensor, bounds) -> Tensor:
     return rms
 
 
-def _modules(model):
-    return model.modules() if isinstance(model, nn.Module) else ()
-
-
 def escalate(adapter: ModelAdapter, settings: SolverSettings, stats: Dict, res, done, loose, sol: LMResult,
              bounds, max_iter: int) -> LMResult:
     """The escalation of samples the Levenberg-Marquardt left short of the goal (not for
@@ -383,8 +382,9 @@ def escalate(adapter: ModelAdapter, settings: SolverSettings, stats: Dict, res, 
     # wrong (a deep LeakyReLU net whose true gradient works: the surrogate's slope floor makes the
     # residual grow), the samples it left short get the model's own gradient, from the same points.
     short = every[~esc.done & ~esc.zero_grad]
-    if short.numel() and settings.own_gradient and any(isinstance(m, SURROGATE_ACTIVATIONS)
-                                                        for m in _modules(adapter.traceable)):
+    model = adapter.traceable
+    if short.numel() and settings.own_gradient and isinstance(model, nn.Module) and any(
+            isinstance(m, SURROGATE_ACTIVATIONS) for m in model.modules()):
         own = adam(short)
         better = own.done | (own.residual_norm < esc.residual_norm[short])
         take = short[better]
