@@ -55,7 +55,7 @@ from captum_invert.metrics import class_diversity, class_probabilities, copies, 
 from captum_invert.models import TrainConfig, accuracy, seed_fcnn, train, vit_mnist_small
 from captum_invert.models.cnn import NO_DIGIT, bn_cnn, train_judge
 from captum_invert.models.colour import colour_model, train_colour_judge
-from captum_invert.priors import DataPrior, deepinversion_prior, plugin_inversion_prior
+from captum_invert.priors import DataPrior, FourierParam, auto_prior, deepinversion_prior, plugin_inversion_prior
 from captum_invert.visualization import plot_inversion_grid
 
 from _common import data, parser  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
@@ -74,6 +74,13 @@ def grey_net(key, tr):
     if key == "cnn":
         return train(bn_cnn(), tr, TrainConfig(epochs=8, lr=1e-3, optimizer="adam"), progress=False)
     return train(vit_mnist_small(depth=3), tr, TrainConfig(epochs=15, lr=1e-3, optimizer="adamw"), progress=False)
+
+
+def free_chroma(prior):
+    """``prior`` with its Fourier chroma free (the auto prior before ``AUTO_CHROMA_DECAY``)."""
+    param = prior.param
+    prior.param = FourierParam(decay=param.decay, decorrelate=param.decorrelate, init_std=param.init_std)
+    return prior
 
 
 def last_leaf(model):
@@ -172,6 +179,8 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated name parts: run only the rows whose "
                     "method name contains one (the real images are always shown)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--before", default="", help="'chroma': on colour nets also the auto prior of the release "
+                    "before, whose chroma was free (FourierParam without chroma_decay)")
     ap.add_argument("--out", default="prototypes_out")
     args = ap.parse_args()
     name, tr, te = data(args)
@@ -213,6 +222,10 @@ def main():
             methods += [
                 ("forward pass, no prior", fp(None), labels),
                 ("forward pass + auto (no data)", fp("auto"), labels),
+            ]
+            if colour and "chroma" in args.before.split(","):
+                methods.append(("auto with free chroma (before)", fp(free_chroma(auto_prior(model, shape))), labels))
+            methods += [
                 ("DeepInversion recipe (no data)", fp(deepinversion_prior(shape, flips=False)), labels),
                 ("Plug-In Inversion recipe (no data)", fp(plugin_inversion_prior(shape, flips=False)), labels),
                 (f"lucent render_vis ({args.lucent_steps} steps)",

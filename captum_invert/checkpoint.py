@@ -14,7 +14,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 __all__ = ["load_model", "load_onnx", "onnx_probabilities", "parse_target", "run_invert"]
 

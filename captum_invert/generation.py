@@ -239,7 +239,6 @@ def generate(model, out, targets, n_per_target: int, method: str = "generalized"
         t_start = time.perf_counter()
         shards = _plan_shards(n_t, n_per_target, shard_size)
         mine = [i for i in range(len(shards)) if i % world == rank]
-        records = {}
         from tqdm.auto import tqdm
 
         done_now = 0

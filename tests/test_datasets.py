@@ -93,7 +93,6 @@ def test_colour_digits_keep_the_shape_in_random_colours():
 def _image_folder(root, n_per_class=10, classes=("a", "b", "c"), size=28, mode="L"):
     from PIL import Image
 
-    g = torch.Generator().manual_seed(0)
     x, y = load_digits("train").tensors
     for ci, c in enumerate(classes):
         (root / c).mkdir(parents=True)

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from captum_invert import generate
 from captum_invert.generation import InversionDataset

@@ -238,7 +238,8 @@ def box_logit_bounds(trace, input_range: Optional[Tuple[float, float]], input_sh
         return None
     lo, hi = lo[0].cpu(), hi[0].cpu()
     lo, hi = lo.masked_fill(lo < -_BIG, -math.inf), hi.masked_fill(hi > _BIG, math.inf)
-    return lo, hi, None if margins is None else margins.cpu().masked_fill(margins.cpu() > _BIG, math.inf)
+    margins = None if margins is None else margins.cpu()
+    return lo, hi, None if margins is None else margins.masked_fill(margins > _BIG, math.inf)
 
 
 def _ends_in_logits(trace, kind: str) -> bool:

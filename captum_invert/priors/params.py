@@ -40,8 +40,16 @@ class FourierParam(Parameterization):
       ``x = squash(irfft2(M * exp(i phi)))``. The image's energy and spectrum cannot drift; the
       optimisation can only move structure around.
     - ``decorrelate`` (colour images): ``C`` is the square root of the channel covariance of
-      ``reference``, or without reference natural images' (:data:`NATURAL_COLOR_SQRT`, Lucid's
-      ImageNet figures); identity with one channel.
+      ``reference`` (its principal components, the largest first), or without reference natural
+      images' (:data:`NATURAL_COLOR_SQRT`, Lucid's ImageNet figures); identity with one channel.
+      The first decorrelated component is then the luminance, the others the chroma.
+    - ``chroma_decay`` (decorrelated colour images, free spectrum): the chroma components get a
+      1/f amplitude of their own exponent; ``math.inf`` keeps them constant over the image: one
+      tint per image, the shapes drawn in luminance. The tint's coefficient has the spectrum's
+      RMS scale (1), not the luminance mean's (10 at 32 px with ``decay=2``), so the images stay
+      near grey unless the class pulls a colour. People see colour at a lower resolution
+      than luminance (hence JPEG's chroma subsampling); a net's class evidence drawn in free
+      chroma comes out as saturated colour noise.
 
     With ``input_range`` the image is squashed into the box by a sigmoid (free spectrum) or
     clamped (fixed magnitude, whose values already follow the reference's range; the gradient
@@ -54,17 +62,24 @@ class FourierParam(Parameterization):
             ``decorrelate``.
         decorrelate (bool): colour decorrelation (3-channel images).
         init_std (float): standard deviation of the starting coefficients (free spectrum).
+        chroma_decay (float, optional): exponent of the chroma's 1/f amplitude (> 0, or
+            ``math.inf`` for one tint per image); default ``decay``.
     """
 
     def __init__(self, decay: float = 1.0, magnitude: Union[None, str, Tensor] = None,
                  reference: Optional[Tensor] = None, decorrelate: bool = True,
-                 init_std: float = 0.5) -> None:
+                 init_std: float = 0.5, chroma_decay: Optional[float] = None) -> None:
         if isinstance(magnitude, str) and magnitude not in ("natural", "reference"):
             raise ValueError(f"`magnitude` must be None, 'natural', 'reference' or a tensor, got {magnitude!r}")
         if magnitude == "reference" and reference is None:
             raise ValueError("magnitude='reference' needs `reference` images")
+        if chroma_decay is not None and not chroma_decay > 0:
+            raise ValueError(f"`chroma_decay` must be None, a number > 0 or math.inf, got {chroma_decay!r}")
+        if chroma_decay is not None and (magnitude is not None or not decorrelate):
+            raise ValueError("`chroma_decay` applies to the free spectrum of decorrelated colours: pass "
+                             "magnitude=None and decorrelate=True, or drop chroma_decay")
         self.decay, self.magnitude, self.reference = decay, magnitude, reference
-        self.decorrelate, self.init_std = decorrelate, init_std
+        self.decorrelate, self.init_std, self.chroma_decay = decorrelate, init_std, chroma_decay
 
     def setup(self, input_shape, input_range):
         super().setup(input_shape, input_range)
@@ -80,10 +95,19 @@ class FourierParam(Parameterization):
         if ref is not None and self.decorrelate and c > 1:
             flat = ref.double().transpose(0, 1).reshape(c, -1)
             cov = torch.cov(flat) + 1e-6 * torch.eye(c, dtype=torch.float64)
-            self._color = torch.linalg.cholesky(cov)
-            self._color = self._color / self._color.norm(dim=1).max()
+            var, vec = torch.linalg.eigh(cov)  # ascending: principal component first below
+            self._color = (vec * var.clamp_min(0).sqrt()).flip(1)
+            self._color = self._color / self._color.norm(dim=0).max()
         elif self.decorrelate and c == 3:  # natural images' colour correlation (Lucid's figures)
             self._color = NATURAL_COLOR_SQRT / NATURAL_COLOR_SQRT.norm(dim=0).max()
+        if self.chroma_decay is not None and c > 1:
+            scale = self._scale[None].repeat(c, 1, 1)
+            if math.isinf(self.chroma_decay):  # the mean alone, at the spectrum's RMS scale
+                scale[1:] = 0.0
+                scale[1:, 0, 0] = 1.0
+            else:
+                scale[1:] = spectrum_scale(h, w, self.chroma_decay)
+            self._scale = scale
         self._mag = None
         self._offset = torch.zeros(c, dtype=torch.float64)
         if self.magnitude is not None:
@@ -141,12 +165,14 @@ class FourierParam(Parameterization):
         raw = self._unsquash(x).double()
         if self._color.shape[0] > 1:
             raw = torch.einsum("dc,nchw->ndhw", torch.linalg.inv(self._color), raw)
-        spec = torch.fft.rfft2(raw / math.sqrt(2.0), norm="ortho") / self._scale
+        spec = torch.fft.rfft2(raw / math.sqrt(2.0), norm="ortho")
+        spec = torch.where(self._scale > 0, spec / self._scale.clamp_min(1e-300), 0)  # chroma held flat
         return torch.view_as_real(spec).to(x.dtype)
 
     def __repr__(self) -> str:
         mag = "" if self.magnitude is None else f", magnitude={self.magnitude if isinstance(self.magnitude, str) else 'tensor'}"
-        return f"FourierParam(decay={self.decay}{mag})"
+        chroma = "" if self.chroma_decay is None else f", chroma_decay={self.chroma_decay}"
+        return f"FourierParam(decay={self.decay}{mag}{chroma})"
 
 
 class PCAParam(Parameterization):

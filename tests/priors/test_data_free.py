@@ -1,5 +1,6 @@
 """The data-free default (prior='auto' without data) and the shaping options it is built from:
 each changes what it claims to change."""
+import math
 import warnings
 
 import pytest
@@ -13,7 +14,7 @@ from captum_invert.models.cnn import NO_DIGIT
 from captum_invert.priors import (
     TV, BNStats, ColorShift, Diversity, FourierParam, PixelParam, Prior, auto_prior, deepinversion_prior,
     plugin_inversion_prior, robust_transforms)
-from captum_invert.priors.shaping import AUTO_OPTIONS, AUTO_STEPS, AUTO_STEPS_NO_BN, _coarse
+from captum_invert.priors.shaping import AUTO_CHROMA_DECAY, AUTO_OPTIONS, AUTO_STEPS, AUTO_STEPS_NO_BN, _coarse
 
 from .test_priors import _shape
 
@@ -87,6 +88,9 @@ def test_auto_prior_picks_its_parts_from_the_model(digit_cnn, digit_nets):
     # without BatchNorm no statistics term helps the class term: twice the steps
     assert bn.steps == colour.steps == AUTO_STEPS and plain.steps == AUTO_STEPS_NO_BN == 2 * AUTO_STEPS
     assert any(isinstance(t, ColorShift) for t in colour.transforms)
+    # colour images: one tint per image, the shapes in luminance; grey images: nothing to hold
+    assert colour.parameterization().chroma_decay == AUTO_CHROMA_DECAY == math.inf
+    assert plain.parameterization().chroma_decay is None
     # no BatchNorm: auto adds no BNStats, so no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -208,3 +212,81 @@ def test_fourier_colour_images_use_natural_colour_correlation():
     q = FourierParam(decorrelate=False)
     q.setup((3, 16, 16), BOX)
     assert torch.equal(q.color_matrix, torch.eye(3, dtype=torch.float64))
+
+
+def _chroma(p, z):
+    """The decorrelated components of FourierParam ``p``'s images of ``z``, before the box (0:
+    luminance)."""
+    return torch.einsum("dc,nchw->ndhw", torch.linalg.inv(p.color_matrix), p.raw(z).double())
+
+
+def test_fourier_chroma_decay_holds_the_colour_and_keeps_the_luminance_free():
+    shape, gen = (3, 16, 16), torch.Generator().manual_seed(0)
+    flat = FourierParam(decay=2.0, chroma_decay=math.inf)
+    flat.setup(shape, BOX)
+    free = FourierParam(decay=2.0)
+    free.setup(shape, BOX)
+    z = flat.init(8, gen, torch.float64)
+    d = _chroma(flat, z)
+    # one tint per image: the chroma components are constant over it; the luminance is not
+    assert d[:, 1:].std((2, 3)).max() < 1e-9 and d[:, 0].std((1, 2)).min() > 0.05
+    assert d[:, 1:].mean((2, 3)).abs().max() > 1e-3  # the tint itself is free
+    # free chroma varies over the image
+    assert _chroma(free, z).std((2, 3))[:, 1:].min() > 0.01
+    # the tint stays flat while the image is optimised toward a class of a colour model
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ELU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 3)).double()
+    z.requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=0.2)
+    for _ in range(20):
+        loss = -model(flat.image(z)).log_softmax(1)[:, 0].sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert _chroma(flat, z.detach())[:, 1:].std((2, 3)).max() < 1e-9
+    # a finite exponent: smoother chroma than luminance, not flat
+    steep = FourierParam(decay=1.0, chroma_decay=3.0)
+    steep.setup(shape, BOX)
+    ds = _chroma(steep, steep.init(64, gen, torch.float64))
+
+    def high(c):
+        f = torch.fft.rfft2(c - c.mean((-2, -1), keepdim=True)).abs().pow(2)
+        return float(f[..., 4:, 4:].sum() / f.sum())
+
+    assert high(ds[:, 1:]) < 0.2 * high(ds[:, :1])
+    # from_image keeps a tinted image and drops the chroma the parameterisation cannot hold
+    tinted = flat.image(flat.init(2, gen, torch.float64)).detach()
+    assert torch.allclose(flat.image(flat.from_image(tinted)), tinted, atol=1e-6)
+    stripes = tinted.clone()
+    stripes[:, 0, :, ::2] = stripes[:, 0, :, ::2] * 0.5
+    back = _chroma(flat, flat.from_image(stripes))
+    assert back[:, 1:].std((2, 3)).max() < 1e-9
+    assert "chroma_decay=inf" in repr(flat)
+
+
+def test_fourier_chroma_decay_is_validated_and_a_reference_gives_principal_colours():
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="`chroma_decay` must be"):
+            FourierParam(chroma_decay=bad)
+    with pytest.raises(ValueError, match="magnitude=None and decorrelate=True"):
+        FourierParam(magnitude="natural", chroma_decay=2.0)
+    with pytest.raises(ValueError, match="magnitude=None and decorrelate=True"):
+        FourierParam(decorrelate=False, chroma_decay=2.0)
+    # a grey image has no chroma: the option changes nothing there
+    grey, plain = FourierParam(chroma_decay=math.inf), FourierParam()
+    grey.setup(SHAPE, BOX)
+    plain.setup(SHAPE, BOX)
+    z = grey.init(2, torch.Generator().manual_seed(0))
+    assert torch.equal(grey.image(z), plain.image(z))
+    # reference colours: a square root of their covariance, the principal component first
+    gen = torch.Generator().manual_seed(1)
+    mix = torch.tensor([[1.0, 0.9, 0.8], [0.3, -0.2, 0.0], [0.0, 0.1, -0.1]])
+    ref = torch.einsum("dc,nchw->ndhw", mix.T, torch.rand((32, 3, 8, 8), generator=gen))
+    p = FourierParam(reference=ref, chroma_decay=math.inf)
+    p.setup((3, 8, 8), None)
+    c = p.color_matrix
+    cov = torch.cov(ref.double().transpose(0, 1).reshape(3, -1))
+    k = (c @ c.T)[0, 0] / cov[0, 0]
+    assert torch.allclose(c @ c.T, k * cov, rtol=1e-3, atol=1e-6 * float(k))
+    norms = c.norm(dim=0)
+    assert norms[0] == pytest.approx(1.0) and norms[0] > norms[1] >= norms[2]
