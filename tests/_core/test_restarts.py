@@ -1,6 +1,8 @@
 """Ranked restarts (issue 26): on saturated nets trained with a recipe the other tests do not
-use (Adam at 3e-2 for 40 epochs, seeds 3 and 4), plain random restarts leave reachable classes
-unverified inside [0, 1] and the ranked restarts verify every one."""
+use (Adam at 3e-2 for 40 epochs, seeds 3 and 4), the ranked restarts verify every class that real
+digits reach inside [0, 1]. How many the plain restarts leave short depends on the trained net,
+which differs between CPUs' float kernels; ``benchmarks/robustness.py`` measures it on families
+of nets (docs/_robustness_restarts.txt)."""
 import pytest
 import torch
 from torch import nn
@@ -35,15 +37,11 @@ def hard_nets():
 
 @pytest.mark.parametrize("name,method", [("gelu", ForwardPassInversion), ("gelu", GeneralizedInversion),
                                          ("selu", BackwardPassInversion)])
-def test_ranked_restarts_verify_every_reachable_class_where_plain_ones_do_not(hard_nets, name, method):
+def test_ranked_restarts_verify_every_reachable_class(hard_nets, name, method):
     nets, reach = hard_nets
     net = nets[name]
     targets = [c for c in reach[name] for _ in range(3)]
     assert len(reach[name]) >= 9
-    plain = SolverSettings(ranked_restarts=False)  # the restarts before: fresh draws like the first start's
-    _, d = method(net, solver=plain).attribute(target=targets, seed=0, input_range=BOX, max_retries=3,
-                                               allow_unverified=True, return_convergence_delta=True)
-    assert int(((1 - d) >= 0.9).sum()) < len(targets)  # the old restarts leave some short
     x = method(net).attribute(target=targets, seed=0, input_range=BOX)
     with torch.no_grad():
         p = class_probabilities(net, x)[torch.arange(len(targets)), targets]

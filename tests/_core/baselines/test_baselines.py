@@ -158,8 +158,8 @@ def test_compare_cli_writes_figure_and_table(tmp_path):
     from captum_invert.cli import main
 
     out = tmp_path / "c"
-    assert main(["compare", "--out", str(out), "--samples-per-class", "2", "--epochs", "2",
-                 "--vit-epochs", "1", "--judge-epochs", "2", "--prior-steps", "20", "--max-retries", "1",
+    assert main(["compare", "--out", str(out), "--samples-per-class", "1", "--epochs", "2",
+                 "--vit-epochs", "1", "--judge-epochs", "2", "--prior-steps", "20", "--max-retries", "0",
                  "--no-progress"]) == 0
     rows = json.loads((out / "methods.json").read_text())["methods"]
     names = [r["method"] for r in rows]
