@@ -55,7 +55,7 @@ from captum_invert.metrics import class_diversity, class_probabilities, copies, 
 from captum_invert.models import TrainConfig, accuracy, seed_fcnn, train, vit_mnist_small
 from captum_invert.models.cnn import NO_DIGIT, bn_cnn, train_judge
 from captum_invert.models.colour import colour_model, train_colour_judge
-from captum_invert.priors import DataPrior, FourierParam, auto_prior, deepinversion_prior, plugin_inversion_prior
+from captum_invert.priors import DataPrior, FourierParam, Prior, auto_prior, deepinversion_prior, plugin_inversion_prior
 from captum_invert.visualization import plot_inversion_grid
 
 from _common import data, parser  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
@@ -78,9 +78,10 @@ def grey_net(key, tr):
 
 def free_chroma(prior):
     """``prior`` with its Fourier chroma free (the auto prior before ``AUTO_CHROMA_DECAY``)."""
-    param = prior.param
-    prior.param = FourierParam(decay=param.decay, decorrelate=param.decorrelate, init_std=param.init_std)
-    return prior
+    p = prior.parameterization()
+    free = FourierParam(decay=p.decay, decorrelate=p.decorrelate, init_std=p.init_std)
+    return Prior(free, prior.transforms, prior.penalties, steps=prior.steps, lr=prior.lr, copies=prior.copies,
+                 coarse=prior.coarse, objective=prior.objective, schedule=prior.schedule, betas=prior.betas)
 
 
 def last_leaf(model):

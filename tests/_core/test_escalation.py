@@ -35,8 +35,8 @@ def verified(net, target, own_gradient, n=6):
         inv.attribute(target=target, n_samples=n, input_range=BOX, seed=0, max_retries=0)
         return n
     except InversionError as e:
-        assert e.result is not None and "samples verified" in str(e)
-        return int(str(e).split(" of ")[0].split()[-1])
+        assert e.n_requested == n and "samples verified" in str(e)
+        return e.n_verified
 
 
 def test_own_gradient_verifies_what_the_surrogate_leaves_short(nets):
