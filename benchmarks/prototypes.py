@@ -55,7 +55,7 @@ from captum_invert.metrics import class_diversity, class_probabilities, copies, 
 from captum_invert.models import TrainConfig, accuracy, seed_fcnn, train, vit_mnist_small
 from captum_invert.models.cnn import NO_DIGIT, bn_cnn, train_judge
 from captum_invert.models.colour import colour_model, train_colour_judge
-from captum_invert.priors import DataPrior, FourierParam, Prior, auto_prior, deepinversion_prior, plugin_inversion_prior
+from captum_invert.priors import Background, DataPrior, FourierParam, Prior, auto_prior, deepinversion_prior, plugin_inversion_prior
 from captum_invert.visualization import plot_inversion_grid
 
 from _common import data, parser  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
@@ -82,6 +82,14 @@ def free_chroma(prior):
     free = FourierParam(decay=p.decay, decorrelate=p.decorrelate, init_std=p.init_std)
     return Prior(free, prior.transforms, prior.penalties, steps=prior.steps, lr=prior.lr, copies=prior.copies,
                  coarse=prior.coarse, objective=prior.objective, schedule=prior.schedule, betas=prior.betas)
+
+
+def without_background(prior):
+    """``prior`` without its :class:`~captum_invert.priors.Background` (the auto prior before
+    ``AUTO_BACKGROUND``)."""
+    return Prior(prior.param, prior.transforms, [q for q in prior.penalties if not isinstance(q, Background)],
+                 steps=prior.steps, lr=prior.lr, copies=prior.copies, coarse=prior.coarse,
+                 objective=prior.objective, schedule=prior.schedule, betas=prior.betas)
 
 
 def last_leaf(model):
@@ -180,8 +188,9 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated name parts: run only the rows whose "
                     "method name contains one (the real images are always shown)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--before", default="", help="'chroma': on colour nets also the auto prior of the release "
-                    "before, whose chroma was free (FourierParam without chroma_decay)")
+    ap.add_argument("--before", default="", help="comma-separated: 'chroma': on colour nets also the auto prior of "
+                    "the release before, whose chroma was free (FourierParam without chroma_decay); 'background': "
+                    "on grey nets also the auto prior without its Background term")
     ap.add_argument("--out", default="prototypes_out")
     args = ap.parse_args()
     name, tr, te = data(args)
@@ -226,6 +235,9 @@ def main():
             ]
             if colour and "chroma" in args.before.split(","):
                 methods.append(("auto with free chroma (before)", fp(free_chroma(auto_prior(model, shape))), labels))
+            if not colour and "background" in args.before.split(","):
+                methods.append(("auto without Background (before)",
+                                fp(without_background(auto_prior(model, shape, input_range=BOX))), labels))
             methods += [
                 ("DeepInversion recipe (no data)", fp(deepinversion_prior(shape, flips=False)), labels),
                 ("Plug-In Inversion recipe (no data)", fp(plugin_inversion_prior(shape, flips=False)), labels),

@@ -128,7 +128,7 @@ class ForwardPassInversion(InversionMethod):
         reference = check_reference(reference, self.input_shape)
         gen = make_generator(seed)
         dtype, device = self.adapter.dtype_device
-        prior = resolve_prior(prior, self.adapter.module, self.input_shape)
+        prior = resolve_prior(prior, self.adapter.module, self.input_shape, input_range)
         self.last_stats = {}
         with self.adapter.guard():
             kind, n_classes, trace = self._probe()

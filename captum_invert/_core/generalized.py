@@ -187,7 +187,7 @@ class GeneralizedInversion(InversionMethod):
                              "return_regions=False")
         if return_regions and self.adapter.traceable is None:
             raise ValueError(NO_REGIONS.format(what="GeneralizedInversion"))
-        prior = resolve_prior(prior, self.adapter.module, self.input_shape)
+        prior = resolve_prior(prior, self.adapter.module, self.input_shape, input_range)
         self.last_stats = {}
         if return_regions:
             inv = self._sibling(BackwardPassInversion, self.input_shape)

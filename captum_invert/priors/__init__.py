@@ -17,15 +17,15 @@ untransformed model and every returned input still verifies (or an
 """
 from .base import Parameterization, Penalty, PixelParam, Prior, PriorPart, Transform, as_prior
 from .params import DataPrior, FourierParam, LatentNorm, PCAParam, spectrum_scale
-from .penalties import L2, TV, BNStats, Diversity, batchnorm_layers, bn_statistics_gap
-from .shaping import (AUTO_CHROMA_DECAY, AUTO_DECAY, AUTO_DIVERSITY, AUTO_STEPS, AUTO_STEPS_NO_BN, DEFAULT_LR,
-                      DEFAULT_STEPS, auto_prior, deepinversion_prior, plugin_inversion_prior, resolve_prior,
+from .penalties import L2, TV, Background, BNStats, Diversity, background_value, batchnorm_layers, bn_statistics_gap
+from .shaping import (AUTO_BACKGROUND, AUTO_CHROMA_DECAY, AUTO_DECAY, AUTO_DIVERSITY, AUTO_STEPS, AUTO_STEPS_NO_BN,
+                      DEFAULT_LR, DEFAULT_STEPS, auto_prior, deepinversion_prior, plugin_inversion_prior, resolve_prior,
                       shape_inputs)
 from .transforms import ColorShift, Jitter, RandomFlip, RandomRotate, RandomScale, robust_transforms
 
 __all__ = ["Prior", "PriorPart", "Parameterization", "Transform", "Penalty", "PixelParam", "as_prior",
-           "FourierParam", "PCAParam", "DataPrior", "LatentNorm", "spectrum_scale", "TV", "L2", "BNStats", "Diversity",
-           "bn_statistics_gap", "batchnorm_layers", "Jitter", "RandomScale", "RandomRotate", "RandomFlip", "ColorShift",
-           "robust_transforms", "auto_prior", "deepinversion_prior", "plugin_inversion_prior", "resolve_prior",
-           "shape_inputs", "DEFAULT_STEPS", "DEFAULT_LR", "AUTO_STEPS", "AUTO_STEPS_NO_BN", "AUTO_CHROMA_DECAY", "AUTO_DECAY",
-           "AUTO_DIVERSITY"]
+           "FourierParam", "PCAParam", "DataPrior", "LatentNorm", "spectrum_scale", "TV", "L2", "Background", "BNStats",
+           "Diversity", "background_value", "bn_statistics_gap", "batchnorm_layers", "Jitter", "RandomScale",
+           "RandomRotate", "RandomFlip", "ColorShift", "robust_transforms", "auto_prior", "deepinversion_prior",
+           "plugin_inversion_prior", "resolve_prior", "shape_inputs", "DEFAULT_STEPS", "DEFAULT_LR", "AUTO_STEPS",
+           "AUTO_STEPS_NO_BN", "AUTO_CHROMA_DECAY", "AUTO_DECAY", "AUTO_DIVERSITY", "AUTO_BACKGROUND"]

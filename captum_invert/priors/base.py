@@ -118,6 +118,10 @@ class Penalty(PriorPart):
 
     weight: float = 1.0
 
+    def setup(self, model, log_probs, input_shape, input_range) -> None:
+        """Called once when shaping starts, with the model (eval mode), its output ->
+        log-probabilities map, the shape of one input and the box (or None)."""
+
     def hooks(self, model) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 

@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from .base import Penalty, check_weight
 
-__all__ = ["TV", "L2", "BNStats", "Diversity", "bn_statistics_gap", "batchnorm_layers"]
+__all__ = ["TV", "L2", "Background", "BNStats", "Diversity", "background_value", "bn_statistics_gap",
+           "batchnorm_layers"]
 
 
 class TV(Penalty):
@@ -43,6 +44,80 @@ class L2(Penalty):
 
     def __repr__(self) -> str:
         return f"L2({self.weight})"
+
+
+def background_value(model, log_probs, input_shape, input_range, levels: int = 5) -> float:
+    """The constant image the model is least sure about: of ``levels`` evenly spaced values of
+    the box ``input_range`` (its ends included), the one whose constant image has the largest
+    output entropy. A blank background carries no class evidence; a trained classifier is
+    unsure there and confident far from its data (on grey digit nets: black).
+
+    Args:
+        model (callable): the classifier (eval mode).
+        log_probs (callable): model output -> log-probabilities ``(n, C)``.
+        input_shape (tuple of int): shape of one input.
+        input_range (tuple of float): the box ``(lo, hi)``.
+        levels (int): number of values tried (>= 2).
+
+    Returns:
+        float: the value.
+    """
+    lo, hi = float(input_range[0]), float(input_range[1])
+    values = torch.linspace(lo, hi, levels, dtype=torch.float64)
+    p0 = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+    dtype, device = (p0.dtype, p0.device) if p0 is not None and p0.is_floating_point() else (torch.float32, "cpu")
+    x = values.to(dtype=dtype, device=device).view(-1, *([1] * len(input_shape))).expand(-1, *input_shape)
+    with torch.no_grad():
+        lp = log_probs(model(x.contiguous())).double()
+    entropy = -(lp.exp() * lp.clamp_min(-1e30)).sum(1).cpu()
+    entropy = torch.where(torch.isfinite(entropy), entropy, torch.full_like(entropy, -1.0))
+    return float(values[int(entropy.argmax())])
+
+
+class Background(Penalty):
+    r"""A blank background: per sample, ``weight *`` the mean absolute distance of the pixels to
+    a background value, as a fraction of the box's width. The image must then show its class
+    with as little change from a blank canvas as it can: strokes on a background instead of
+    the large bright blobs a grey net without BatchNorm is also sure about. Without data, the
+    value comes from the model (:func:`background_value`: the constant image it is least sure
+    about).
+
+    Args:
+        weight (float): the term's weight.
+        value (float, optional): the background; None estimates it from the model when shaping
+            starts (that needs ``input_range``; without a box the term is off and warns).
+    """
+
+    def __init__(self, weight: float = 1.0, value: Optional[float] = None) -> None:
+        self.weight = check_weight(weight)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not abs(value) < float("inf")):
+            raise ValueError(f"Background: `value` must be None (estimated from the model) or a finite "
+                             f"number, e.g. 0.0 for black, got {value!r}")
+        self.value = None if value is None else float(value)
+        #: the background used by the last shaping (the estimate where ``value`` is None)
+        self.value_: Optional[float] = self.value
+        self._width = 1.0
+
+    def setup(self, model, log_probs, input_shape, input_range) -> None:
+        self._width = 1.0 if input_range is None else float(input_range[1] - input_range[0])
+        if self.value is not None:
+            self.value_ = self.value
+        elif input_range is None:
+            self.value_ = None
+            warnings.warn("Background: no `input_range`, so the background cannot be estimated and the term "
+                          "is off; pass input_range=(lo, hi) or Background(weight, value=...)", UserWarning,
+                          stacklevel=4)
+        else:
+            self.value_ = background_value(model, log_probs, input_shape, input_range)
+
+    def __call__(self, x, z):
+        if self.value_ is None:
+            return torch.zeros(len(x), dtype=x.dtype, device=x.device)
+        return self.weight * (x - self.value_).abs().flatten(1).mean(1) / self._width
+
+    def __repr__(self) -> str:
+        return f"Background({self.weight}{'' if self.value is None else f', value={self.value}'})"
 
 
 class Diversity(Penalty):

@@ -12,9 +12,9 @@ from captum_invert.blocks.plan import model_mode_guard
 from captum_invert.metrics import class_diversity, judge_accuracy, judge_agreement
 from captum_invert.models.cnn import NO_DIGIT
 from captum_invert.priors import (
-    TV, BNStats, ColorShift, Diversity, FourierParam, PixelParam, Prior, auto_prior, deepinversion_prior,
-    plugin_inversion_prior, robust_transforms)
-from captum_invert.priors.shaping import AUTO_CHROMA_DECAY, AUTO_OPTIONS, AUTO_STEPS, AUTO_STEPS_NO_BN, _coarse
+    TV, Background, BNStats, ColorShift, Diversity, FourierParam, PixelParam, Prior, auto_prior, background_value,
+    deepinversion_prior, plugin_inversion_prior, robust_transforms)
+from captum_invert.priors.shaping import AUTO_BACKGROUND, AUTO_CHROMA_DECAY, AUTO_OPTIONS, AUTO_STEPS, AUTO_STEPS_NO_BN, _coarse
 
 from .test_priors import _shape
 
@@ -69,6 +69,12 @@ def test_auto_prior_picks_its_parts_from_the_model(digit_cnn, digit_nets):
     assert bn.objective == "ce" and bn.coarse == 0.5 and bn.schedule == "cosine"
     plain = auto_prior(digit_nets[2], SHAPE)
     assert isinstance(plain.parameterization(), FourierParam) and not plain.penalties
+    # with a box, a grey net without BatchNorm gets a blank background (BatchNorm nets have
+    # their statistics, colour images their tint)
+    boxed = auto_prior(digit_nets[2], SHAPE, input_range=BOX)
+    assert [type(p) for p in boxed.penalties] == [Background] and boxed.penalties[0].weight == AUTO_BACKGROUND
+    assert boxed.penalties[0].value is None  # estimated from the model when shaping starts
+    assert [type(p) for p in auto_prior(digit_cnn, SHAPE, input_range=BOX).penalties] == [BNStats, Diversity]
     assert plain.parameterization().decay == 2.0
     # 1/f^2 puts less of the start's energy in high frequencies than Lucid's 1/f
     def high(decay):
@@ -85,6 +91,8 @@ def test_auto_prior_picks_its_parts_from_the_model(digit_cnn, digit_nets):
     colour_bn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
                                     torch.nn.Linear(4 * 14 * 14, 10))
     colour = auto_prior(colour_bn, (3, 16, 16))
+    colour_plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
+    assert not auto_prior(colour_plain, (3, 16, 16), input_range=BOX).penalties
     assert isinstance(colour.parameterization(), FourierParam) and [type(p) for p in colour.penalties] == [Diversity]
     # without BatchNorm no statistics term helps the class term: twice the steps
     assert bn.steps == colour.steps == AUTO_STEPS and plain.steps == AUTO_STEPS_NO_BN == 2 * AUTO_STEPS
@@ -291,3 +299,54 @@ def test_fourier_chroma_decay_is_validated_and_a_reference_gives_principal_colou
     assert torch.allclose(c @ c.T, k * cov, rtol=1e-3, atol=1e-6 * float(k))
     norms = c.norm(dim=0)
     assert norms[0] == pytest.approx(1.0) and norms[0] > norms[1] >= norms[2]
+
+
+class _Dim(nn.Module):
+    """Logits ``scale * (mean(x) - center) * w``: uniform (most unsure) at ``center``."""
+
+    def __init__(self, center):
+        super().__init__()
+        self.center = center
+        self.w = nn.Parameter(torch.linspace(-1, 1, 10))
+
+    def forward(self, x):
+        return 10 * (x.flatten(1).mean(1, keepdim=True) - self.center) * self.w
+
+
+def test_background_value_is_the_constant_image_the_model_is_least_sure_about():
+    lp = lambda o: o.log_softmax(1)  # noqa: E731
+    assert background_value(_Dim(0.0), lp, SHAPE, BOX) == 0.0
+    assert background_value(_Dim(1.0), lp, SHAPE, BOX) == 1.0
+    assert background_value(_Dim(0.5), lp, SHAPE, BOX) == 0.5
+    assert background_value(_Dim(-1.0), lp, SHAPE, (-1.0, 1.0)) == -1.0  # the box's own ends
+    assert background_value(_Dim(0.26), lp, SHAPE, BOX) == 0.25  # the nearest of 5 levels
+
+
+def test_background_keeps_the_image_near_the_estimated_blank(digit_nets):
+    net = digit_nets[2]
+    labels = [0, 3, 5, 8]
+    plain = Prior(FourierParam(decay=2.0), robust_transforms(SHAPE), lr=0.2, **AUTO_OPTIONS)
+    pen = Background(AUTO_BACKGROUND)
+    xs = [_shape(net, pr, labels, steps=200) for pr in (plain, plain + pen)]
+    for x in xs:  # both reach the class
+        with torch.no_grad():
+            assert (net(x).softmax(1)[torch.arange(4), torch.tensor(labels)] > 0.9).all()
+    # the estimate (the digits' black), and less ink (0.51 -> 0.28 when written)
+    dark = _Dim(0.0)
+    assert pen.value_ == background_value(net, lambda o: o.log_softmax(1), SHAPE, BOX) == background_value(
+        dark, lambda o: o.log_softmax(1), SHAPE, BOX)
+    ink = [float((x - pen.value_).abs().mean()) for x in xs]
+    assert ink[1] < 0.7 * ink[0], ink
+    # a given value is used as is; no box and no value: the term is off and says so
+    fixed = Background(1.0, value=1.0)
+    x = _shape(net, plain + fixed, labels, steps=60)
+    assert fixed.value_ == 1.0 and float(x.mean()) > float(xs[0].mean())
+    off = Background(1.0)
+    with pytest.warns(UserWarning, match="input_range"):
+        off.setup(net, lambda o: o.log_softmax(1), SHAPE, None)
+    assert off.value_ is None and float(off(torch.rand(2, *SHAPE), None).abs().sum()) == 0
+    for bad in (float("nan"), "black", True):
+        with pytest.raises(ValueError, match="`value`"):
+            Background(1.0, value=bad)
+    with pytest.raises(ValueError, match="`weight`"):
+        Background(-1.0)

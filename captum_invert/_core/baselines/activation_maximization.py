@@ -83,7 +83,7 @@ class ActivationMaximization(InversionMethod):
         n_inputs = self._check_inputs(inputs)
         gen = make_generator(seed)
         dtype, device = self.adapter.dtype_device
-        prior = resolve_prior(prior, self.adapter.module, self.input_shape)
+        prior = resolve_prior(prior, self.adapter.module, self.input_shape, input_range)
         if prior is not None:
             if l2 or tv:
                 raise ValueError("`l2` and `tv` must be 0 with a `prior`: add priors.L2 / priors.TV to the prior")
