@@ -118,9 +118,10 @@ class Penalty(PriorPart):
 
     weight: float = 1.0
 
-    def setup(self, model, log_probs, input_shape, input_range) -> None:
+    def setup(self, model, log_probs, input_shape, input_range, dtype=torch.float32, device="cpu") -> None:
         """Called once when shaping starts, with the model (eval mode), its output ->
-        log-probabilities map, the shape of one input and the box (or None)."""
+        log-probabilities map, the shape of one input, the box (or None), and the inputs' dtype
+        and device."""
 
     def hooks(self, model) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()

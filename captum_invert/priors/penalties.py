@@ -46,7 +46,8 @@ class L2(Penalty):
         return f"L2({self.weight})"
 
 
-def background_value(model, log_probs, input_shape, input_range, levels: int = 5) -> float:
+def background_value(model, log_probs, input_shape, input_range, levels: int = 5, dtype=torch.float32,
+                     device="cpu") -> float:
     """The constant image the model is least sure about: of ``levels`` evenly spaced values of
     the box ``input_range`` (its ends included), the one whose constant image has the largest
     output entropy. A blank background carries no class evidence; a trained classifier is
@@ -58,14 +59,13 @@ def background_value(model, log_probs, input_shape, input_range, levels: int = 5
         input_shape (tuple of int): shape of one input.
         input_range (tuple of float): the box ``(lo, hi)``.
         levels (int): number of values tried (>= 2).
+        dtype, device: those of the model's inputs.
 
     Returns:
         float: the value.
     """
     lo, hi = float(input_range[0]), float(input_range[1])
     values = torch.linspace(lo, hi, levels, dtype=torch.float64)
-    p0 = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
-    dtype, device = (p0.dtype, p0.device) if p0 is not None and p0.is_floating_point() else (torch.float32, "cpu")
     x = values.to(dtype=dtype, device=device).view(-1, *([1] * len(input_shape))).expand(-1, *input_shape)
     with torch.no_grad():
         lp = log_probs(model(x.contiguous())).double()
@@ -99,7 +99,7 @@ class Background(Penalty):
         self.value_: Optional[float] = self.value
         self._width = 1.0
 
-    def setup(self, model, log_probs, input_shape, input_range) -> None:
+    def setup(self, model, log_probs, input_shape, input_range, dtype=torch.float32, device="cpu") -> None:
         self._width = 1.0 if input_range is None else float(input_range[1] - input_range[0])
         if self.value is not None:
             self.value_ = self.value
@@ -109,7 +109,7 @@ class Background(Penalty):
                           "is off; pass input_range=(lo, hi) or Background(weight, value=...)", UserWarning,
                           stacklevel=4)
         else:
-            self.value_ = background_value(model, log_probs, input_shape, input_range)
+            self.value_ = background_value(model, log_probs, input_shape, input_range, dtype=dtype, device=device)
 
     def __call__(self, x, z):
         if self.value_ is None:

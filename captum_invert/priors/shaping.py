@@ -248,7 +248,7 @@ def shape_inputs(model: Callable[[Tensor], Tensor], log_probs: Callable[[Tensor]
     done_steps = 0
     groups = labels if labels is not None else torch.unique(dist, dim=0, return_inverse=True)[1]
     for p in prior.penalties:
-        p.setup(model, log_probs, input_shape, input_range)
+        p.setup(model, log_probs, input_shape, input_range, dtype, device)
         if hasattr(p, "groups"):  # penalties that compare the samples of one target
             p.groups = groups
     with prior.hooks(model):
