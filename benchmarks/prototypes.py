@@ -76,20 +76,23 @@ def grey_net(key, tr):
     return train(vit_mnist_small(depth=3), tr, TrainConfig(epochs=15, lr=1e-3, optimizer="adamw"), progress=False)
 
 
+def rebuilt(prior, param=None, penalties=None):
+    """``prior`` with another parameterization and/or penalties, its other parts and options kept."""
+    return Prior(param or prior.param, prior.transforms, prior.penalties if penalties is None else penalties,
+                 steps=prior.steps, lr=prior.lr, copies=prior.copies, coarse=prior.coarse,
+                 objective=prior.objective, schedule=prior.schedule, betas=prior.betas)
+
+
 def free_chroma(prior):
     """``prior`` with its Fourier chroma free (the auto prior before ``AUTO_CHROMA_DECAY``)."""
     p = prior.parameterization()
-    free = FourierParam(decay=p.decay, decorrelate=p.decorrelate, init_std=p.init_std)
-    return Prior(free, prior.transforms, prior.penalties, steps=prior.steps, lr=prior.lr, copies=prior.copies,
-                 coarse=prior.coarse, objective=prior.objective, schedule=prior.schedule, betas=prior.betas)
+    return rebuilt(prior, param=FourierParam(decay=p.decay, decorrelate=p.decorrelate, init_std=p.init_std))
 
 
 def without_background(prior):
     """``prior`` without its :class:`~captum_invert.priors.Background` (the auto prior before
     ``AUTO_BACKGROUND``)."""
-    return Prior(prior.param, prior.transforms, [q for q in prior.penalties if not isinstance(q, Background)],
-                 steps=prior.steps, lr=prior.lr, copies=prior.copies, coarse=prior.coarse,
-                 objective=prior.objective, schedule=prior.schedule, betas=prior.betas)
+    return rebuilt(prior, penalties=[q for q in prior.penalties if not isinstance(q, Background)])
 
 
 def last_leaf(model):

@@ -123,15 +123,18 @@ def auto_prior(model, input_shape: Tuple[int, ...], reference: Optional[Tensor] 
         return prior + BNStats(0.1) if has_bn else prior
     if not transforms:
         return Prior(None) + BNStats(0.1) if has_bn else Prior(None)
-    spread = [Diversity(AUTO_DIVERSITY[0], grid=AUTO_DIVERSITY[1])] if has_bn else []
-    if not has_bn and input_shape[0] != 3 and input_range is not None:
-        spread = [Background(AUTO_BACKGROUND)]
+    if has_bn:  # spread a class's layouts
+        extra = [Diversity(AUTO_DIVERSITY[0], grid=AUTO_DIVERSITY[1])]
+    elif input_shape[0] != 3 and input_range is not None:  # grey, no statistics: a blank background
+        extra = [Background(AUTO_BACKGROUND)]
+    else:
+        extra = []
     if has_bn and input_shape[0] != 3:
-        return Prior(PixelParam(), transforms, [BNStats(0.1, first=10.0, form="l2")] + spread, lr=0.1,
+        return Prior(PixelParam(), transforms, [BNStats(0.1, first=10.0, form="l2")] + extra, lr=0.1,
                      **AUTO_OPTIONS)
     options = AUTO_OPTIONS if has_bn else {**AUTO_OPTIONS, "steps": AUTO_STEPS_NO_BN}
     param = FourierParam(decay=AUTO_DECAY, chroma_decay=AUTO_CHROMA_DECAY if input_shape[0] == 3 else None)
-    return Prior(param, transforms + [ColorShift(0.1, 0.1)], spread, lr=0.2, **options)
+    return Prior(param, transforms + [ColorShift(0.1, 0.1)], extra, lr=0.2, **options)
 
 
 def deepinversion_prior(input_shape: Tuple[int, ...], bn_weight: float = 0.01, flips: bool = True,
